@@ -1,0 +1,154 @@
+"""Messages, entries and the other value types the Raft core consumes and produces.
+
+Everything here is a frozen, slotted dataclass so values can be shared between the
+core, the driver, storage and the simulator without defensive copies.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+NodeId = str
+
+
+class MessageType(enum.IntEnum):
+    # Local inputs (never sent over the wire); `step()` accepts them like any message.
+    HUP = 1  # start an election (campaign)
+    BEAT = 2  # leader: send heartbeats now
+    PROPOSE = 3
+    TRANSFER_LEADER = 4  # `frm` is the transferee; `to` is this node
+    READ_INDEX = 5  # `context` identifies the read request
+    # Peer messages.
+    APPEND = 10
+    APPEND_RESP = 11
+    VOTE = 12
+    VOTE_RESP = 13
+    PRE_VOTE = 14
+    PRE_VOTE_RESP = 15
+    HEARTBEAT = 16
+    HEARTBEAT_RESP = 17
+    SNAPSHOT = 18  # InstallSnapshot; answered with APPEND_RESP
+    TIMEOUT_NOW = 19  # leadership transfer: campaign immediately, skipping PreVote
+    READ_INDEX_RESP = 20  # leader -> follower that forwarded a READ_INDEX
+
+
+class EntryType(enum.IntEnum):
+    NORMAL = 0  # data is the state machine's command; empty data is the leader's no-op
+    CONF_CHANGE = 1  # data is ConfChange.encode()
+
+
+class ConfChangeType(enum.IntEnum):
+    ADD_VOTER = 0  # also promotes a learner
+    ADD_LEARNER = 1
+    REMOVE = 2
+
+
+class Role(enum.Enum):
+    FOLLOWER = "Follower"
+    PRE_CANDIDATE = "PreCandidate"
+    CANDIDATE = "Candidate"
+    LEADER = "Leader"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    term: int
+    index: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be durable before any message that depends on it is sent."""
+
+    term: int = 0
+    vote: NodeId | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    voters: tuple[NodeId, ...] = ()
+    learners: tuple[NodeId, ...] = ()
+
+    def members(self) -> tuple[NodeId, ...]:
+        return self.voters + self.learners
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    type: ConfChangeType
+    node_id: NodeId
+    context: bytes = b""  # opaque to the core; the driver stores the node's addresses here
+
+    def encode(self) -> bytes:
+        return b"%d\x00%s\x00%s" % (self.type, self.node_id.encode(), self.context)
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConfChange:
+        kind, node_id, context = data.split(b"\x00", 2)
+        return cls(ConfChangeType(int(kind)), node_id.decode(), context)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    index: int = 0
+    term: int = 0
+    conf: ConfState = field(default_factory=ConfState)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    meta: SnapshotMeta
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    type: MessageType
+    to: NodeId
+    frm: NodeId
+    term: int = 0
+    log_term: int = 0  # APPEND: term of the entry at `index`; VOTE: candidate's last term
+    index: int = 0  # APPEND: index preceding `entries`; VOTE: candidate's last index
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0  # APPEND_RESP reject: follower's guess of the matching index
+    snapshot: Snapshot | None = None
+    context: bytes = b""  # READ_INDEX / HEARTBEAT: read request id; VOTE: b"transfer"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A ReadIndex answer: once `applied >= index`, the read `context` may be served."""
+
+    index: int
+    context: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    leader_id: NodeId | None
+    role: Role
+
+
+@dataclass(slots=True)
+class Ready:
+    """Everything the driver must do, in this order, then call `advance(ready)`:
+
+    1. persist `snapshot` (if any), then `entries`, then `hard_state` (if not None), one fsync;
+    2. send `messages` (only after step 1 is durable);
+    3. apply `snapshot` to the state machine, then `committed_entries` in order;
+    4. serve `read_states` once applied reaches their index.
+    """
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    messages: list[Message] = field(default_factory=list)
+    committed_entries: list[Entry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
