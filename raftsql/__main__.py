@@ -1,0 +1,3 @@
+from raftsql.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""Real `raftsql serve` processes on 127.0.0.1: elections, forwarding, kill -9, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import apsw
+import pytest
+
+from raftsql.launcher import LocalCluster, free_ports, http
+
+from .conftest import eventually, execute, query
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_nodes_elect_one_leader_and_accept_writes_through_any_node(cluster3):
+    leader = cluster3.leader()
+    followers = [i for i in cluster3.ids if i != leader]
+    execute(cluster3.url(followers[0]), ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+    for node_id in cluster3.ids:
+        execute(cluster3.url(node_id), [["INSERT INTO t(v) VALUES(?)", node_id]])
+    for node_id in cluster3.ids:  # linearizable reads from any node see every write
+        assert sorted(r[0] for r in query(cluster3.url(node_id), "SELECT v FROM t")) == cluster3.ids
+    statuses = [cluster3.status(i)["store"] for i in cluster3.ids]
+    assert sum(s["raft"]["state"] == "Leader" for s in statuses) == 1
+    assert {s["leader"]["node_id"] for s in statuses} == {leader}
+
+
+class Writer(threading.Thread):
+    """Inserts unique values through every node in turn; remembers what was acknowledged."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.acked: list[int] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop_event.is_set():
+            n += 1
+            node_id = self.cluster.ids[n % len(self.cluster.ids)]
+            try:
+                code, body = http("POST", self.cluster.url(node_id) + "/db/execute",
+                                  [["INSERT INTO acked(v) VALUES(?)", n]], timeout=3.0)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            if code == 200 and "error" not in body and "error" not in body["results"][0]:
+                self.acked.append(n)
+            else:
+                time.sleep(0.05)
+
+    def finish(self) -> list[int]:
+        self.stop_event.set()
+        self.join()
+        return self.acked
+
+
+def committed_values(cluster: LocalCluster, node_id: str) -> set[int]:
+    return {r[0] for r in query(cluster.url(node_id), "SELECT v FROM acked")}
+
+
+def test_leader_killed_new_leader_takes_over_old_one_catches_up(cluster3):
+    execute(cluster3.url(cluster3.ids[0]), ["CREATE TABLE acked (v INTEGER)"])
+    writer = Writer(cluster3)
+    writer.start()
+    eventually(lambda: len(writer.acked) >= 20)
+    old = cluster3.leader()
+    cluster3.kill(old)
+    survivors = [i for i in cluster3.ids if i != old]
+    new = cluster3.leader(among=survivors)
+    assert new != old
+    acked_before = len(writer.acked)
+    eventually(lambda: len(writer.acked) >= acked_before + 20)
+    cluster3.start_node(old)
+    acked = set(writer.finish())
+    assert acked <= committed_values(cluster3, new)  # nothing acknowledged was lost
+    eventually(lambda: committed_values_local(cluster3, old) >= acked)
+
+
+def committed_values_local(cluster: LocalCluster, node_id: str) -> set[int]:
+    return {r[0] for r in query(cluster.url(node_id), "SELECT v FROM acked", level="none")}
+
+
+def test_all_nodes_killed_and_restarted_lose_nothing_acknowledged(cluster3):
+    execute(cluster3.url(cluster3.ids[0]), ["CREATE TABLE acked (v INTEGER)"])
+    writer = Writer(cluster3)
+    writer.start()
+    eventually(lambda: len(writer.acked) >= 50)
+    for node_id in cluster3.ids:
+        cluster3.kill(node_id)
+    acked = set(writer.finish())
+    cluster3.start()
+    leader = cluster3.leader(timeout=30)
+    assert acked <= committed_values(cluster3, leader)
+
+
+def test_paused_leader_is_replaced_and_steps_down_when_resumed(cluster3):
+    execute(cluster3.url(cluster3.ids[0]), ["CREATE TABLE acked (v INTEGER)"])
+    old = cluster3.leader()
+    cluster3.signal(old, signal.SIGSTOP)
+    survivors = [i for i in cluster3.ids if i != old]
+    new = cluster3.leader(among=survivors)
+    execute(cluster3.url(new), [["INSERT INTO acked VALUES(?)", 1]])
+    cluster3.signal(old, signal.SIGCONT)
+    assert cluster3.leader(timeout=20) == new
+    eventually(lambda: committed_values_local(cluster3, old) == {1})
+
+
+def canonical_dump(path: str) -> list[tuple]:
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'raftsql_%' "
+        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    dump = []
+    for table in tables:
+        dump.append((table, list(conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid'))))
+    conn.close()
+    return dump
+
+
+def test_nondeterministic_sql_gives_identical_databases_on_every_node(cluster3, tmp_path):
+    url = cluster3.url(cluster3.leader())
+    execute(url, [
+        "CREATE TABLE d (id INTEGER PRIMARY KEY, r INTEGER, b BLOB, now TEXT, "
+        "created TEXT DEFAULT CURRENT_TIMESTAMP)",
+        "CREATE TABLE src (x INTEGER)",
+        "INSERT INTO src VALUES (1),(2),(3),(4),(5),(6),(7),(8)",
+        "CREATE TABLE shuffled (x INTEGER)",
+    ])
+    for _ in range(5):
+        execute(url, [
+            "INSERT INTO d(r, b, now) VALUES (random(), randomblob(16), datetime('now'))",
+            "INSERT INTO shuffled SELECT x FROM src ORDER BY random()",
+        ])
+    status = cluster3.status(cluster3.leader())
+    cluster3.wait_applied(status["store"]["raft"]["commit_index"])
+    for node_id in cluster3.ids:
+        assert cluster3.stop_node(node_id) == 0  # SIGTERM: clean exit
+    dumps = [canonical_dump(os.path.join(str(tmp_path), i, "db.sqlite")) for i in cluster3.ids]
+    assert dumps[0] == dumps[1] == dumps[2]
+    rows = dict(dumps[0])["d"]
+    assert len(rows) == 5 and len({r[1] for r in rows}) == 5  # really random, yet identical
+    shuffled = [r[0] for r in dict(dumps[0])["shuffled"]]
+    assert sorted(shuffled) == sorted(list(range(1, 9)) * 5)
+
+
+def test_node_joins_running_cluster_and_is_removed(cluster3, tmp_path):
+    url = cluster3.url(cluster3.leader())
+    execute(url, ["CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"])
+    cluster3.ids.append("n4")
+    cluster3.ports.append(free_ports(1)[0])
+    cluster3.start_node("n4", "--join", cluster3.addr("n2"))
+    eventually(lambda: query(cluster3.url("n4"), "SELECT x FROM t", level="none") == [[1]])
+    code, body = http("GET", url + "/nodes?ver=2")
+    assert code == 200 and {n["id"] for n in body["nodes"]} == {"n1", "n2", "n3", "n4"}
+    code, _ = http("DELETE", cluster3.url("n1") + "/remove", {"id": "n4"})
+    assert code == 200
+    code, body = http("GET", url + "/nodes?ver=2")
+    assert {n["id"] for n in body["nodes"]} == {"n1", "n2", "n3"}
+    execute(url, ["INSERT INTO t VALUES (2)"])  # the cluster still works
+
+
+def test_bare_serve_is_a_ready_single_node(tmp_path):
+    cluster = LocalCluster(1, str(tmp_path))
+    cluster.start_node("n1", "--data-dir", str(tmp_path / "data"))
+    try:
+        url = cluster.url("n1")
+        eventually(lambda: http("GET", url + "/readyz")[0] == 200)
+        assert execute(url, ["CREATE TABLE t(x)"]) == {"results": [{}]}
+        execute(url, [["INSERT INTO t VALUES(?)", 42]])
+        assert query(url, "SELECT * FROM t") == [[42]]
+    finally:
+        assert cluster.stop() == [0]
+
+
+def test_pyrqlite_against_a_cluster(cluster3):
+    from pyrqlite import dbapi2
+
+    port = cluster3.ports[cluster3.ids.index(cluster3.leader())]
+    conn = dbapi2.connect(host="127.0.0.1", port=port)
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, born DATETIME)")
+    cur.execute("INSERT INTO people(name, born) VALUES (?, ?)", ("ada", "1815-12-10 00:00:00"))
+    assert cur.lastrowid == 1
+    cur.execute("UPDATE people SET name = ? WHERE id = ?", ("Ada", 1))
+    assert cur.rowcount == 1
+    cur.execute("SELECT name, born FROM people")
+    assert cur.fetchall()[0][0] == "Ada"
+    conn.close()
