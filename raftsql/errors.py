@@ -34,3 +34,11 @@ class StorageError(RaftSQLError):
 
 class ClusterError(RaftSQLError):
     """A membership or transfer request was refused (message says why)."""
+
+
+class TransportError(RaftSQLError):
+    """A peer could not be reached or refused a request; `status` is its HTTP status if any."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status

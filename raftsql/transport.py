@@ -1,0 +1,600 @@
+"""Peer transport: Raft messages between nodes over one aiohttp WebSocket per peer.
+
+Each node dials every peer for its OUTGOING messages (GET /raft/stream, upgraded to a
+WebSocket) and accepts the peers' streams for its INCOMING ones: two sockets per pair.
+
+Outbound, `send()` only appends to the peer's bounded queue (the oldest messages are dropped
+when it is full: Raft tolerates loss) and wakes that peer's writer task, which drains
+everything queued into ONE binary frame (`raft/codec.py`). At most `window` frames are
+unacknowledged at a time (the prototype measured that 1-2 batches in flight give bigger
+batches and more throughput than deep pipelining); messages queued meanwhile join the next
+frame. Frames larger than `chunk_size` (snapshots) go as chunks, reassembled by the
+receiver. The writer reconnects with exponential back-off; one peer's trouble never
+touches another's queue or task.
+
+Inbound, every complete frame is decoded and handed to `deliver()` synchronously, then
+acknowledged with a cumulative count. A bad frame closes that stream, never the node.
+
+The cluster secret and the protocol version are checked on every peer request (the
+upgrade and each RPC). Small request/response RPCs (join, info) are served at
+POST /raft/rpc/<name> with orjson bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import WSMsgType, web
+
+from raftsql import errors
+from raftsql.errors import RaftSQLError, TransportError
+from raftsql.raft.codec import (
+    CHUNK_OVERHEAD,
+    FrameAssembler,
+    decode_ack,
+    decode_batch,
+    encode_ack,
+    encode_batch,
+    split_frame,
+)
+from raftsql.raft.messages import Message, MessageType
+
+log = logging.getLogger("raftsql.transport")
+
+PROTOCOL_VERSION = "1"
+SECRET_HEADER = "X-Raftsql-Secret"
+PROTOCOL_HEADER = "X-Raftsql-Protocol"
+FROM_HEADER = "X-Raftsql-From"  # the dialing node's id
+TO_HEADER = "X-Raftsql-To"  # the node id the dialer expects at this address
+ERROR_HEADER = "X-Raftsql-Error"  # why a peer request was refused
+STREAM_PATH = "/raft/stream"
+RPC_PATH = "/raft/rpc/{name}"
+
+CHUNK_SIZE = 1 << 20  # the largest WebSocket message a node accepts is one chunk
+MAX_FRAME_SIZE = 4 << 30  # the largest reassembled frame (a snapshot) a node accepts
+
+Deliver = Callable[[list[Message]], None]
+RpcHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+_SNAPSHOT = MessageType.SNAPSHOT
+_BINARY = WSMsgType.BINARY
+# Errors a handler may raise that `call()` re-raises as the same type on the caller's side.
+_REMOTE_ERRORS = ("NotLeaderError", "LeadershipLostError", "ClusterError")
+
+
+class _Link:
+    """One live outbound WebSocket and its flow-control counters (frames, not messages)."""
+
+    __slots__ = ("ws", "sent", "acked", "progress_at", "last_send", "ping")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, now: float) -> None:
+        self.ws = ws
+        self.sent = 0
+        self.acked = 0  # invariant: acked <= sent
+        self.progress_at = now  # last ack, or when the oldest unacked frame was sent
+        self.last_send = now
+        self.ping = True  # send an empty frame to prove liveness: at once, then when idle
+
+
+class _Peer:
+    __slots__ = ("node_id", "addr", "queue", "wake", "task", "link", "last_heard",
+                 "dropped", "reported_drops", "failures")
+
+    def __init__(self, node_id: str, addr: str, max_queue: int) -> None:
+        self.node_id = node_id
+        self.addr = addr
+        self.queue: collections.deque[Message] = collections.deque(maxlen=max_queue)
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.link: _Link | None = None
+        self.last_heard = float("-inf")
+        self.dropped = 0
+        self.reported_drops = 0
+        self.failures = 0  # consecutive failed dials, to log the first one only
+
+
+class _Acker:
+    """Sends cumulative acks for one inbound stream; frames read in a burst share one ack."""
+
+    __slots__ = ("count", "wake", "task")
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.count = 0
+        self.wake = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run(ws))
+
+    async def _run(self, ws: web.WebSocketResponse) -> None:
+        acked = 0
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if self.count != acked:
+                    acked = self.count
+                    await ws.send_bytes(encode_ack(acked))
+        except Exception as exc:  # the stream is gone; its reader notices on its own
+            log.debug("ack writer stopped: %r", exc)
+
+
+class Transport:
+    """Raft messages to and from peers; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        node_id: str,
+        deliver: Deliver,
+        *,
+        secret: str | None = None,
+        attach_snapshot: Callable[[Message], Message] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_queue: int = 256,
+        window: int = 2,
+        chunk_size: int = CHUNK_SIZE,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        keepalive: float = 1.0,
+        peer_timeout: float = 3.0,
+        connect_timeout: float = 2.0,
+        reconnect_min: float = 0.05,
+        reconnect_max: float = 1.0,
+    ) -> None:
+        if not 0 < chunk_size <= CHUNK_SIZE:
+            raise ValueError(f"chunk_size must be in (0, {CHUNK_SIZE}]")
+        self.node_id = node_id
+        self._deliver = deliver
+        self._secret = secret.encode() if secret is not None else None
+        self._attach = attach_snapshot
+        self._ssl = ssl_context
+        self._scheme = "https" if ssl_context is not None else "http"
+        self._max_queue = max_queue
+        self._window = window
+        self._chunk_size = chunk_size
+        self._max_frame_size = max_frame_size
+        self._keepalive = keepalive
+        self._peer_timeout = peer_timeout
+        self._connect_timeout = connect_timeout
+        self._reconnect = (reconnect_min, reconnect_max)
+        self._headers = {PROTOCOL_HEADER: PROTOCOL_VERSION, FROM_HEADER: node_id}
+        if secret is not None:
+            self._headers[SECRET_HEADER] = secret
+        self._peers: dict[str, _Peer] = {}
+        self._rpc: dict[str, RpcHandler] = {}
+        self._inbound: set[web.WebSocketResponse] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # peer writers, also retiring ones
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closed = False
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._session_or_new()
+        for peer in self._peers.values():
+            self._spawn(peer)
+        self._spawn_task(self._housekeep(), "raft-transport-housekeeping")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"node stopping")
+              for ws in list(self._inbound)),
+            return_exceptions=True,
+        )
+        if self._session is not None:
+            await self._session.close()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(STREAM_PATH, self._handle_stream)
+        app.router.add_post(RPC_PATH, self._handle_rpc)
+
+    # ---- peers ----------------------------------------------------------------------
+
+    def set_peer(self, node_id: str, raft_addr: str) -> None:
+        """Add a peer, or move it to a new address (its stream is redialed there)."""
+        if node_id == self.node_id:
+            return
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = self._peers[node_id] = _Peer(node_id, raft_addr, self._max_queue)
+        elif peer.addr == raft_addr:
+            return
+        else:
+            peer.addr = raft_addr
+        if self._started and not self._closed:
+            self._spawn(peer)
+
+    def remove_peer(self, node_id: str) -> None:
+        peer = self._peers.pop(node_id, None)
+        if peer is not None and peer.task is not None:
+            peer.task.cancel()
+            peer.task = None
+
+    def reachable(self, node_id: str) -> bool:
+        """Connected, and heard from (an ack, or a frame of its own) within `peer_timeout`.
+
+        An upgrade alone does not count: the first frame on a new stream is an empty one,
+        and its ack is what proves the peer is alive.
+        """
+        peer = self._peers.get(node_id)
+        if peer is None or peer.link is None or self._loop is None:
+            return False
+        return self._loop.time() - peer.last_heard <= self._peer_timeout
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-peer counters, for metrics and debugging."""
+        return {
+            p.node_id: {"addr": p.addr, "connected": p.link is not None, "queued": len(p.queue),
+                        "dropped": p.dropped, "dial_failures": p.failures,
+                        "reachable": self.reachable(p.node_id)}
+            for p in self._peers.values()
+        }
+
+    # ---- outbound: the hot path --------------------------------------------------------
+
+    def send(self, messages: list[Message]) -> None:
+        """Queue `messages` for their peers. Never blocks, never raises."""
+        peers = self._peers
+        try:
+            for m in messages:
+                peer = peers.get(m.to)
+                if peer is None:
+                    log.debug("node=%s no address for peer=%s; message dropped", self.node_id, m.to)
+                    continue
+                queue = peer.queue
+                if len(queue) == self._max_queue:
+                    peer.dropped += 1  # the deque drops its oldest message
+                queue.append(m)
+                peer.wake.set()
+        except Exception:
+            log.exception("node=%s send failed; messages dropped", self.node_id)
+
+    def _spawn(self, peer: _Peer) -> None:
+        if peer.task is not None:
+            peer.task.cancel()  # the old task closes its own stream
+        peer.link = None
+        peer.task = self._spawn_task(self._run_peer(peer), f"raft-peer-{peer.node_id}")
+
+    def _spawn_task(self, coro: Any, name: str) -> asyncio.Task[None]:
+        assert self._loop is not None
+        task = self._loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        """Dial, pump, redial with exponential back-off: forever, until cancelled."""
+        low, high = self._reconnect
+        delay = low
+        while True:
+            try:
+                ws = await self._dial(peer)
+            except Exception as exc:
+                self._note_dial_failure(peer, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, high)
+                continue
+            log.info("node=%s connected to peer=%s addr=%s", self.node_id, peer.node_id, peer.addr)
+            peer.failures = 0
+            link = _Link(ws, self._now())
+            try:
+                await self._pump(peer, link)
+            except Exception as exc:
+                log.info("node=%s stream to peer=%s lost: %r", self.node_id, peer.node_id, exc)
+            finally:
+                if peer.link is link:
+                    peer.link = None
+                await self._close_quietly(ws)
+            delay = low if link.acked else min(delay * 2, high)
+            await asyncio.sleep(delay)
+
+    async def _dial(self, peer: _Peer) -> aiohttp.ClientWebSocketResponse:
+        session = self._session_or_new()
+        url = f"{self._scheme}://{peer.addr}{STREAM_PATH}"
+        async with asyncio.timeout(self._connect_timeout):
+            return await session.ws_connect(
+                url, headers={**self._headers, TO_HEADER: peer.node_id}, compress=0,
+                max_msg_size=1 << 16, timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
+                ssl=self._ssl if self._ssl is not None else True,
+            )
+
+    def _note_dial_failure(self, peer: _Peer, exc: Exception) -> None:
+        peer.failures += 1
+        if isinstance(exc, aiohttp.WSServerHandshakeError):
+            why = exc.headers.get(ERROR_HEADER, exc.message) if exc.headers else exc.message
+            reason = f"refused: {exc.status} {why}"
+        else:
+            reason = repr(exc) if not isinstance(exc, TimeoutError) else "connect timed out"
+        level = logging.WARNING if peer.failures == 1 else logging.DEBUG
+        log.log(level, "node=%s cannot reach peer=%s addr=%s (%s); retrying with back-off",
+                self.node_id, peer.node_id, peer.addr, reason)
+
+    async def _pump(self, peer: _Peer, link: _Link) -> None:
+        """Send queued messages as frames while the stream lives."""
+        reader = asyncio.get_running_loop().create_task(self._read_acks(peer, link))
+        peer.link = link
+        queue, wake, window = peer.queue, peer.wake, self._window
+        try:
+            while not reader.done():
+                room = link.sent - link.acked < window
+                if queue and room:
+                    batch = list(queue)
+                    queue.clear()
+                elif link.ping and room:
+                    batch = []
+                else:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                link.ping = False
+                await self._send_batch(link, batch)
+        finally:
+            await self._close_quietly(link.ws)  # ends the reader's receive loop
+            reader.cancel()
+
+    async def _send_batch(self, link: _Link, batch: list[Message]) -> None:
+        if self._attach is not None:
+            batch = self._attach_snapshots(batch)
+        try:
+            frame = encode_batch(batch)
+        except Exception:
+            log.exception("node=%s cannot encode %d messages; dropped", self.node_id, len(batch))
+            return
+        now = self._now()
+        if link.sent == link.acked:
+            link.progress_at = now
+        link.last_send = now
+        link.sent += 1
+        ws = link.ws
+        if len(frame) <= self._chunk_size:
+            await ws.send_bytes(frame)
+        else:
+            for part in split_frame(frame, self._chunk_size):
+                await ws.send_bytes(part)
+
+    def _attach_snapshots(self, batch: list[Message]) -> list[Message]:
+        attach = self._attach
+        assert attach is not None
+        out = []
+        for m in batch:
+            if m.type is _SNAPSHOT:
+                try:
+                    m = attach(m)
+                except Exception:
+                    log.exception("node=%s cannot attach snapshot for peer=%s; dropped",
+                                  self.node_id, m.to)
+                    continue
+            out.append(m)
+        return out
+
+    async def _read_acks(self, peer: _Peer, link: _Link) -> None:
+        try:
+            async for msg in link.ws:
+                if msg.type is not _BINARY:
+                    raise ValueError(f"unexpected {msg.type.name} message: {msg.data!r:.200}")
+                link.acked = decode_ack(msg.data)
+                link.progress_at = peer.last_heard = self._now()
+                if peer.queue:  # the writer may be waiting for room in the window
+                    peer.wake.set()
+        except Exception as exc:
+            log.warning("node=%s bad reply on stream to peer=%s: %s", self.node_id,
+                        peer.node_id, exc)
+        finally:
+            peer.wake.set()
+
+    async def _housekeep(self) -> None:
+        """Keep idle streams proven alive, redial stalled ones, report dropped messages."""
+        while True:
+            await asyncio.sleep(self._keepalive)
+            now = self._now()
+            for peer in list(self._peers.values()):
+                if peer.dropped != peer.reported_drops:
+                    log.warning("node=%s dropped %d messages to peer=%s (slow or unreachable)",
+                                self.node_id, peer.dropped - peer.reported_drops, peer.node_id)
+                    peer.reported_drops = peer.dropped
+                link = peer.link
+                if link is None:
+                    continue
+                if link.sent > link.acked:
+                    if now - link.progress_at > self._peer_timeout:
+                        log.warning("node=%s peer=%s stopped acknowledging; redialing",
+                                    self.node_id, peer.node_id)
+                        self._spawn(peer)
+                elif now - link.last_send >= self._keepalive / 2:
+                    link.ping = True
+                    peer.wake.set()
+
+    # ---- inbound ----------------------------------------------------------------------
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """Why a peer request is refused (401 secret, 400 version), or None to accept it."""
+        if self._secret is not None:
+            given = request.headers.get(SECRET_HEADER)
+            if given is None or not hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), self._secret
+            ):
+                log.warning("node=%s refused peer request from %s: missing or wrong cluster "
+                            "secret", self.node_id, request.remote)
+                return _text_response(401, "missing or wrong cluster secret")
+        version = request.headers.get(PROTOCOL_HEADER)
+        if version != PROTOCOL_VERSION:
+            message = (f"raft protocol version {version!r} is not supported: this node speaks "
+                       f"version {PROTOCOL_VERSION}")
+            log.warning("node=%s refused peer request from %s: %s", self.node_id,
+                        request.remote, message)
+            return _text_response(400, message)
+        return None
+
+    async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        expected = request.headers.get(TO_HEADER)
+        if expected is not None and expected != self.node_id:
+            return _text_response(409, f"this address is node {self.node_id}, not {expected}")
+        if self._closed:
+            return _text_response(503, "node stopping")
+        frm = request.headers.get(FROM_HEADER, "")
+        # aiohttp refuses a message of exactly max_msg_size bytes: leave a margin.
+        ws = web.WebSocketResponse(max_msg_size=CHUNK_SIZE + CHUNK_OVERHEAD + 64,
+                                   compress=False, timeout=1.0)
+        await ws.prepare(request)
+        self._inbound.add(ws)
+        log.info("node=%s stream from peer=%s opened", self.node_id, frm)
+        try:
+            await self._receive(ws, frm)
+        finally:
+            self._inbound.discard(ws)
+            log.info("node=%s stream from peer=%s closed", self.node_id, frm)
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse, frm: str) -> None:
+        assembler = FrameAssembler(self._max_frame_size)
+        acker = _Acker(ws)
+        peers = self._peers
+        try:
+            async for msg in ws:
+                if msg.type is not _BINARY:
+                    raise ValueError(f"unexpected {msg.type.name} message: {msg.data!r:.200}")
+                frame = assembler.feed(msg.data)
+                if frame is None:
+                    continue
+                messages = decode_batch(frame)
+                peer = peers.get(frm)
+                if peer is not None:
+                    peer.last_heard = self._now()
+                if messages:
+                    self._deliver_safely(messages)
+                acker.count += 1
+                acker.wake.set()
+        except ValueError as exc:
+            log.warning("node=%s bad frame from peer=%s (%s); closing its stream",
+                        self.node_id, frm, exc)
+            await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA, message=b"bad raft frame")
+        finally:
+            acker.task.cancel()
+
+    def _deliver_safely(self, messages: list[Message]) -> None:
+        try:
+            self._deliver(messages)
+        except Exception:
+            log.exception("node=%s deliver failed; %d messages dropped", self.node_id,
+                          len(messages))
+
+    # ---- RPC ----------------------------------------------------------------------
+
+    def on_rpc(self, name: str, handler: RpcHandler) -> None:
+        """Serve `handler` at POST /raft/rpc/<name>; RaftSQLErrors it raises reach the caller."""
+        self._rpc[name] = handler
+
+    async def _handle_rpc(self, request: web.Request) -> web.Response:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        name = request.match_info["name"]
+        handler = self._rpc.get(name)
+        if handler is None:
+            return _json_response(404, {"error": f"unknown raft rpc {name!r}"})
+        try:
+            payload = orjson.loads(await request.read())
+        except (ValueError, web.HTTPException) as exc:
+            return _json_response(400, {"error": f"bad rpc body: {exc}"})
+        if type(payload) is not dict:
+            return _json_response(400, {"error": "rpc body must be a JSON object"})
+        try:
+            result = await handler(payload)
+        except RaftSQLError as exc:
+            body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+            if isinstance(exc, errors.NotLeaderError):
+                body.update(leader_id=exc.leader_id, leader_url=exc.leader_url)
+            return _json_response(409, body)
+        except Exception:
+            log.exception("node=%s rpc %s failed", self.node_id, name)
+            return _json_response(500, {"error": f"rpc {name} failed on node {self.node_id}"})
+        return _json_response(200, result)
+
+    async def call(self, raft_addr: str, name: str, payload: dict[str, Any],
+                   timeout: float = 5.0) -> dict[str, Any]:
+        """Call RPC `name` on the peer at `raft_addr` ("host:port").
+
+        Raises TransportError (unreachable, refused, bad reply), the handler's own
+        NotLeaderError / LeadershipLostError / ClusterError, or TimeoutError.
+        """
+        session = self._session_or_new()
+        url = f"{self._scheme}://{raft_addr}/raft/rpc/{name}"
+        headers = {**self._headers, "Content-Type": "application/json"}
+        try:
+            async with asyncio.timeout(timeout), session.post(
+                url, data=orjson.dumps(payload), headers=headers,
+                ssl=self._ssl if self._ssl is not None else True,
+            ) as resp:
+                status, body = resp.status, await resp.read()
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"rpc {name} to {raft_addr} failed: {exc}") from exc
+        return _rpc_result(raft_addr, name, status, body)
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise TransportError("transport is closed")
+        if self._session is None:
+            # No pool limit: each peer holds one connection for its stream.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    @staticmethod
+    async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async with asyncio.timeout(1.0):
+                await ws.close()
+        except Exception as exc:
+            log.debug("closing a raft stream failed: %r", exc)
+
+
+def _rpc_result(raft_addr: str, name: str, status: int, body: bytes) -> dict[str, Any]:
+    try:
+        reply = orjson.loads(body)
+    except ValueError:
+        reply = {"error": body[:200].decode("utf-8", "replace")}
+    if status == 200 and type(reply) is dict:
+        return reply
+    message = reply.get("error", "") if type(reply) is dict else ""
+    if status == 409 and type(reply) is dict:
+        kind = reply.get("kind")
+        if kind == "NotLeaderError":
+            raise errors.NotLeaderError(reply.get("leader_id"), reply.get("leader_url"))
+        if kind in _REMOTE_ERRORS:
+            raise getattr(errors, kind)(message)
+    raise TransportError(f"rpc {name} to {raft_addr} failed: {status} {message}".rstrip(),
+                         status)
+
+
+def _text_response(status: int, message: str) -> web.Response:
+    # The header carries the message too: a refused WebSocket dialer sees only headers.
+    return web.Response(status=status, text=message, headers={ERROR_HEADER: message})
+
+
+def _json_response(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
