@@ -32,6 +32,7 @@ from raftsql.raft.messages import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
     Ready,
@@ -620,17 +621,11 @@ class Node:
         index, term = self.applied_index, self._applied_term
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(self._apply_pool, self._snapshot_data)
-        meta = SnapshotMeta(index, term, self._conf_at_applied())
+        meta = SnapshotMeta(index, term, self._raft.conf_at(index))  # type: ignore[union-attr]
         await self._in_persist(self._storage.save_snapshot, Snapshot(meta, data))  # type: ignore[union-attr]
         self._snapshot_index = index
         self._call(lambda: self._raft.compact(index, term))  # type: ignore[union-attr]
         self._log("snapshot taken", index=index)
-
-    def _conf_at_applied(self) -> ConfState:
-        # Membership changes take effect when appended, so the core's current conf can be
-        # ahead of `applied` only while a change is pending; then use the stored snapshot's
-        # view plus what has been applied. One change at a time keeps this simple.
-        return self.conf
 
     def _snapshot_data(self) -> bytes:
         assert self._sm is not None
@@ -639,7 +634,8 @@ class Node:
         with open(path, "rb") as f:
             db = f.read()
         os.remove(path)
-        header = orjson.dumps({"peers": self._peers})
+        me = {self.node_id: (self.config.advertised_raft_addr, self.api_url)}
+        header = orjson.dumps({"peers": {**self._peers, **me}})
         return len(header).to_bytes(4, "big") + header + db
 
     def _restore(self, snapshot: Snapshot) -> None:
@@ -672,18 +668,29 @@ class Node:
         return not s.snapshot_meta.conf.members() and s.last_index == 0 and s.hard_state.term == 0
 
     async def _bootstrap(self) -> None:
+        """Write the initial membership as committed entries 1..n of term 1, identical on
+        every initial member (ids sorted), each carrying the member's address, so a node
+        that joins later learns members and addresses from the log like any change."""
         cfg = self.config
         if cfg.join:
             return  # a joining node starts with no members and waits for the leader
         initial = cfg.initial_cluster or {cfg.node_id: cfg.advertised_raft_addr}
         if cfg.node_id not in initial:
             raise ClusterError(f"--initial-cluster does not list this node ({cfg.node_id})")
-        for node_id, raft_addr in initial.items():
-            if node_id != cfg.node_id:
-                self._peers[node_id] = (raft_addr, f"http://{raft_addr}")
-        self._save_peers()
-        meta = SnapshotMeta(0, 0, ConfState(voters=tuple(initial)))
-        await self._in_persist(self._storage.save_snapshot, Snapshot(meta, b""))  # type: ignore[union-attr]
+        entries = [
+            Entry(1, i, EntryType.CONF_CHANGE, ConfChange(
+                ConfChangeType.ADD_VOTER, node_id, _addr_context(addr, f"http://{addr}")).encode())
+            for i, (node_id, addr) in enumerate(sorted(initial.items()), 1)
+        ]
+        storage = self._storage
+        assert storage is not None
+
+        def write() -> None:
+            storage.append(entries)
+            storage.set_hard_state(HardState(term=1, vote=None, commit=len(entries)))
+            storage.sync()
+
+        await self._in_persist(write)
 
     async def _recover_state_machine(self) -> None:
         storage = self._storage

@@ -1,0 +1,115 @@
+"""The client-facing HTTP API of a node: rqlite's, so rqlite clients work unmodified.
+
+`make_app(node)` builds the aiohttp application. Middleware gives every response rqlite's
+headers (X-RQLITE-VERSION, CORS) and one error shape: a short plain-text body for a
+non-200 status (none at all for 404, 405 and OPTIONS). A node never crashes or answers 500
+for anything a client sends; an unexpected exception is a logged 500 with its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from raftsql.http import routes_cluster, routes_db
+from raftsql.http.classify import Classifier
+from raftsql.http.params import ParamError
+from raftsql.http.queue import WriteQueue
+from raftsql.http.respond import VERSION, HttpError, text_error
+from raftsql.http.state import STATE, ApiState
+
+log = logging.getLogger("raftsql.http")
+
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+
+
+def make_app(
+    node: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, allow_origin: str | None = None,
+    queue_capacity: int = 1024, queue_batch_size: int = 128, queue_timeout: float = 0.05,
+) -> web.Application:
+    """The rqlite-compatible API of `node` (see raftsql/http/__init__.py for the node interface)."""
+    # Data routes stream their bodies against max_body_bytes themselves (413 before reading
+    # more); client_max_size only bounds routes that call request.read(), like Raft's RPC.
+    app = web.Application(middlewares=[_guard], client_max_size=max(max_body_bytes, 2**20))
+    state = ApiState(node, max_body_bytes, allow_origin, classifier=Classifier(node))
+    state.queue = WriteQueue(state, capacity=queue_capacity, batch_size=queue_batch_size,
+                             timeout=queue_timeout)
+    app[STATE] = state
+    _add_routes(app.router)
+    app.on_response_prepare.append(_add_headers)
+    app.on_startup.append(_startup)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+def _add_routes(r: web.UrlDispatcher) -> None:
+    r.add_post("/db/execute", routes_db.handle_execute)
+    r.add_get("/db/query", routes_db.handle_query)
+    r.add_post("/db/query", routes_db.handle_query)
+    r.add_post("/db/request", routes_db.handle_request)
+    r.add_get("/status", routes_cluster.handle_status)
+    r.add_get("/nodes", routes_cluster.handle_nodes)
+    r.add_get("/readyz", routes_cluster.handle_readyz)
+    r.add_get("/leader", routes_cluster.handle_leader_get)
+    r.add_post("/leader", routes_cluster.handle_leader_post)
+    r.add_delete("/remove", routes_cluster.handle_remove)
+    r.add_get("/", _root)
+
+
+async def _root(request: web.Request) -> web.Response:
+    # Go's http.Redirect: a GET gets a tiny HTML body, other methods none.
+    body = b'<a href="/console/">Found</a>.\n\n' if request.method == "GET" else None
+    return web.Response(status=302, body=body, headers={
+        "Location": "/console/", "Content-Type": "text/html; charset=utf-8"})
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method == "OPTIONS":
+        return web.Response(status=200)
+    try:
+        return await handler(request)
+    except HttpError as e:
+        return text_error(e.status, e.message)
+    except ParamError as e:
+        return text_error(400, str(e))
+    except web.HTTPException as e:
+        if e.status in (404, 405):
+            return web.Response(status=e.status)
+        if e.status == 413:
+            return text_error(413, "request body too large")
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path_qs)
+        return text_error(500, f"internal error: {type(e).__name__}: {e}")
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    state = request.app[STATE]
+    h = response.headers
+    h["X-RQLITE-VERSION"] = VERSION
+    h["Access-Control-Allow-Methods"] = "OPTIONS, GET, POST"
+    h["Access-Control-Allow-Headers"] = "Content-Type"
+    if state.allow_origin:
+        h["Access-Control-Allow-Origin"] = state.allow_origin
+
+
+async def _startup(app: web.Application) -> None:
+    state = app[STATE]
+    _ = state.client  # one ClientSession per app, for forwarding and peer checks
+    if state.queue is not None:
+        state.queue.start()
+
+
+async def _cleanup(app: web.Application) -> None:
+    state = app[STATE]
+    if state.queue is not None:
+        await state.queue.close()
+    if state.session is not None:
+        await state.session.close()
+    state.classifier.close()

@@ -1,0 +1,70 @@
+"""The response shapes every route shares, and the one error type handlers raise.
+
+Failures come in rqlite's three layers (rqlite-api.md §1.3): per statement inside
+`results`; for the whole request as 200 `{"results":[],"error":"..."}`; and at the
+transport level as a non-200 status with a short plain-text body (Go's `http.Error`:
+the message and a newline), or no body at all for 404, 405 and OPTIONS.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from raftsql import __version__
+from raftsql.http.encode import response_body
+
+VERSION = f"raftsql/{__version__}"
+JSON_TYPE = "application/json; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+
+LEADER_NOT_FOUND = "leader not found"
+LEADERSHIP_LOST = "leadership lost while committing log"
+STALE_READ = "stale read"
+DISALLOWED_PRAGMA = "disallowed pragma"
+
+
+class HttpError(Exception):
+    """Answer with `status` and a plain-text `message` (no body when message is None)."""
+
+    def __init__(self, status: int, message: str | None = None):
+        super().__init__(message or str(status))
+        self.status = status
+        self.message = message
+
+
+def text_error(status: int, message: str | None) -> web.Response:
+    if message is None:
+        return web.Response(status=status)
+    return web.Response(
+        status=status, body=(message + "\n").encode(),
+        headers={"Content-Type": TEXT_TYPE, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    h = {"Content-Type": JSON_TYPE}
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, body=body, headers=h)
+
+
+def request_error(message: str, *, pretty: bool = False, served_by: str | None = None) -> web.Response:
+    """A whole-request failure: HTTP 200, `{"results":[],"error":message}`."""
+    headers = {"X-RQLITE-SERVED-BY": served_by} if served_by else None
+    return json_response(response_body(error=message, pretty=pretty), headers=headers)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or 413 once it passes `limit` bytes (checked before reading)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise HttpError(413, "request body too large")
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(1 << 16)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)

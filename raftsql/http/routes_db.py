@@ -1,0 +1,202 @@
+"""Data routes: /db/execute, /db/query, /db/request (rqlite-api.md §1.2–§1.4, §2.1, §2.2)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from raftsql.command import StatementResult
+from raftsql.errors import LeadershipLostError, NotLeaderError, StaleReadError
+from raftsql.http import forward
+from raftsql.http.body import is_text_body, parse_statements
+from raftsql.http.encode import response_body, result_element
+from raftsql.http.params import Params
+from raftsql.http.respond import (
+    DISALLOWED_PRAGMA,
+    LEADERSHIP_LOST,
+    json_response,
+    read_body,
+    request_error,
+    text_error,
+)
+from raftsql.http.state import ApiState, state_of
+from raftsql.sqlparams import disallowed_pragma, is_empty
+
+EXECUTE_TIMEOUT_ERROR = "timeout waiting for commit"
+READ_TIMEOUT_ERROR = "timeout waiting for fsm"
+QUEUE_WAIT_TIMEOUT = "queue wait timeout"
+
+
+class _Request:
+    """One data request: its options, raw body, and what it needs to answer."""
+
+    def __init__(self, request: web.Request, state: ApiState, params: Params, body: bytes,
+                 start: float):
+        self.http = request
+        self.state = state
+        self.params = params
+        self.body = body
+        self.start = start
+
+    def answer(self, results: list[StatementResult], *, kind: str, raft_index: int = 0,
+               is_read: list[bool] | None = None) -> web.Response:
+        p = self.params
+        elements = [
+            result_element(r, kind=kind, associative=p.associative, timings=p.timings,
+                           blob_array=p.blob_array, is_read=is_read[i] if is_read else None)
+            for i, r in enumerate(results)
+        ]
+        body = response_body(
+            elements, time=time.perf_counter() - self.start if p.timings else None,
+            raft_index=raft_index if p.raft_index else None, pretty=p.pretty,
+        )
+        return json_response(body, headers={forward.SERVED_BY: self.state.served_here()})
+
+    def error(self, message: str) -> web.Response:
+        return request_error(message, pretty=self.params.pretty)
+
+    async def not_leader(self, err: NotLeaderError) -> web.Response:
+        p = self.params
+        return await forward.not_leader(self.state, self.http, err, self.body, redirect=p.redirect,
+                                        timeout=p.timeout, pretty=p.pretty)
+
+
+async def _begin(request: web.Request) -> _Request:
+    start = time.perf_counter()
+    state = state_of(request)
+    params = Params.parse(request.query)
+    body = await read_body(request, state.max_body_bytes) if request.can_read_body else b""
+    return _Request(request, state, params, body, start)
+
+
+# ---- /db/execute --------------------------------------------------------------------
+
+
+async def handle_execute(request: web.Request) -> web.Response:
+    req = await _begin(request)
+    if req.params.queue:
+        return await _queued(req)
+    statements = parse_statements(req.body, request.headers.get("Content-Type"))
+    if disallowed_pragma(statements):
+        return req.error(DISALLOWED_PRAGMA)
+    return await _write(req, statements, op="execute", kind="execute")
+
+
+async def _write(req: _Request, statements: list[Any], *, op: str, kind: str) -> web.Response:
+    p = req.params
+    try:
+        results, index = await req.state.node.execute(
+            statements, transaction=p.transaction, op=op, timeout=p.timeout)
+    except NotLeaderError as e:
+        return await req.not_leader(e)
+    except LeadershipLostError as e:
+        return req.error(str(e) or LEADERSHIP_LOST)
+    except TimeoutError:
+        return req.error(EXECUTE_TIMEOUT_ERROR)
+    is_read = None
+    if kind == "request" and p.associative and any(r.error for r in results):
+        classifier = req.state.classifier
+        run = [s for s in statements if not is_empty(s)]
+        is_read = [bool(r.error) and classifier.looks_like_read(s) for s, r in zip(run, results, strict=False)]
+    return req.answer(results, kind=kind, raft_index=index, is_read=is_read)
+
+
+async def _queued(req: _Request) -> web.Response:
+    """rqlite-api.md §2.2: answer at once with a sequence number; `wait` for the flush."""
+    p, state = req.params, req.state
+    if state.node.leader_id is None and not p.noleader:
+        return forward.leader_not_found()
+    empty = not req.body.strip() or req.body.strip() == b"[]"
+    if p.wait and empty and not is_text_body(req.http.headers.get("Content-Type")):
+        statements: list[Any] = []  # a flush barrier
+    else:
+        statements = parse_statements(req.body, req.http.headers.get("Content-Type"))
+        if disallowed_pragma(statements):
+            return req.error(DISALLOWED_PRAGMA)
+    assert state.queue is not None
+    seq = await state.queue.put(statements)
+    if p.wait:
+        try:
+            async with asyncio.timeout(p.timeout):
+                await state.queue.wait_flushed(seq)
+        except TimeoutError:
+            return text_error(408, QUEUE_WAIT_TIMEOUT)
+    body = response_body(sequence_number=seq, pretty=p.pretty,
+                         time=time.perf_counter() - req.start if p.timings else None)
+    return json_response(body, headers={forward.SERVED_BY: state.served_here()})
+
+
+# ---- /db/query ----------------------------------------------------------------------
+
+
+async def handle_query(request: web.Request) -> web.Response:
+    req = await _begin(request)
+    if request.method == "GET":
+        q = req.params.q
+        if q is None:
+            return req.answer([], kind="query")
+        statements: list[Any] = [q]
+    else:
+        statements = parse_statements(req.body, request.headers.get("Content-Type"))
+    if disallowed_pragma(statements):
+        return req.error(DISALLOWED_PRAGMA)
+    return await _read(req, statements)
+
+
+async def _read(req: _Request, statements: list[Any]) -> web.Response:
+    try:
+        results = await read(req.state, req.params, statements)
+    except NotLeaderError as e:
+        return await req.not_leader(e)
+    except StaleReadError as e:
+        return req.error(str(e))
+    except LeadershipLostError as e:
+        return req.error(str(e) or LEADERSHIP_LOST)
+    except TimeoutError:
+        return req.error(READ_TIMEOUT_ERROR)
+    return req.answer(results, kind="query")
+
+
+async def read(state: ApiState, params: Params, statements: list[Any]) -> list[StatementResult]:
+    """Serve reads at the requested level (rqlite-api.md §2.1); raftsql's default is linearizable.
+
+    none: this node's copy, refused as `stale read` when `freshness` is set and the leader
+    was last heard from longer ago (the leader itself ignores freshness); weak: the node
+    must believe it leads; linearizable: ReadIndex, then wait until applied; strong: through
+    the log; auto: weak on a voter, none on a read replica.
+    """
+    node = state.node
+    level = params.level
+    if level == "auto":
+        level = "weak" if state.is_voter() else "none"
+    if level == "none":
+        freshness = params.freshness
+        if freshness > 0 and not node.is_leader:
+            contact = node.last_contact()
+            if contact is None or contact > freshness:
+                raise StaleReadError()
+        return await node.query(statements, transaction=params.transaction)
+    if level == "strong":
+        results, _ = await node.execute(statements, transaction=params.transaction, op="query",
+                                        timeout=params.timeout)
+        return results
+    timeout = params.linearizable_timeout if level == "linearizable" else params.timeout
+    await node.read_barrier(level, timeout)
+    return await node.query(statements, transaction=params.transaction)
+
+
+# ---- /db/request --------------------------------------------------------------------
+
+
+async def handle_request(request: web.Request) -> web.Response:
+    """Reads and writes in one body: all reads follow the read path, else all go through Raft."""
+    req = await _begin(request)
+    statements = parse_statements(req.body, request.headers.get("Content-Type"), allow_text=False)
+    if disallowed_pragma(statements):
+        return req.error(DISALLOWED_PRAGMA)
+    if req.state.classifier.all_reads(statements):
+        return await _read(req, statements)
+    return await _write(req, statements, op="request", kind="request")

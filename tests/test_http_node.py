@@ -1,0 +1,86 @@
+"""The API on real raftsql.node.Node instances, in-process: the duck-typed interface holds.
+
+A 3-node cluster shares one event loop: each node serves its API (and Raft, on the same
+listener) on 127.0.0.1. Writes sent to a follower are forwarded to the leader; redirects
+name the leader's real URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from raftsql.http import make_app
+from raftsql.launcher import free_ports
+from raftsql.node import Node, NodeConfig
+
+
+async def wait_for(predicate, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def cluster(tmp_path):
+    ports = free_ports(3)
+    initial = {f"n{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    nodes = [
+        Node(NodeConfig(node_id=node_id, data_dir=str(tmp_path / node_id), http_addr=addr,
+                        initial_cluster=initial, heartbeat_ms=50, election_ms=300), api=make_app)
+        for node_id, addr in initial.items()
+    ]
+    for n in nodes:
+        await n.start()
+    await wait_for(lambda: any(n.is_leader for n in nodes))
+    leader = next(n for n in nodes if n.is_leader)
+    await wait_for(lambda: all(n.leader_id == leader.node_id for n in nodes))
+    await wait_for(lambda: all(n.leader_api_url() for n in nodes))
+    async with aiohttp.ClientSession() as session:
+        yield nodes, leader, session
+    for n in nodes:
+        await n.stop(transfer=False)
+
+
+async def test_real_nodes(cluster) -> None:
+    nodes, leader, session = cluster
+    follower = next(n for n in nodes if not n.is_leader)
+
+    async def call(node, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        async with session.request(method, node.api_url + path, data=data, allow_redirects=False,
+                                   headers={"Content-Type": "application/json"}) as resp:
+            return resp.status, resp.headers, await resp.read()
+
+    status, _, body = await call(follower, "POST", "/db/execute",
+                                 ["CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", ["INSERT INTO t(v) VALUES(?)", "a"]])
+    assert (status, body) == (200, b'{"results":[{},{"last_insert_id":1,"rows_affected":1}]}')
+    for node in nodes:
+        status, _, body = await call(node, "GET", "/db/query?q=SELECT+*+FROM+t")
+        assert body == b'{"results":[{"columns":["id","v"],"types":["integer","text"],"values":[[1,"a"]]}]}'
+    await wait_for(lambda: all(n.applied_index >= leader.applied_index for n in nodes))
+    status, _, body = await call(follower, "GET", "/db/query?level=none&q=SELECT+COUNT(*)+FROM+t")
+    assert json.loads(body)["results"][0]["values"] == [[1]]
+    _, _, body = await call(follower, "POST", "/db/request?associative",
+                            [["INSERT INTO t(v) VALUES(?)", "b"], "SELECT COUNT(*) AS n FROM t"])
+    assert body == b'{"results":[{"last_insert_id":2,"rows_affected":1,"rows":null},{"types":{"n":"integer"},"rows":[{"n":2}]}]}'
+    status, headers, _ = await call(follower, "GET", "/db/query?redirect&q=SELECT+1")
+    assert (status, headers["Location"]) == (301, leader.api_url + "/db/query?redirect&q=SELECT+1")
+    status, _, body = await call(follower, "POST", "/db/execute?queue&wait", [["INSERT INTO t(v) VALUES(?)", "q"]])
+    assert status == 200 and json.loads(body)["sequence_number"]
+    _, _, body = await call(leader, "GET", "/db/query?q=SELECT+COUNT(*)+FROM+t")
+    assert json.loads(body)["results"][0]["values"] == [[3]]
+
+    status, _, body = await call(follower, "GET", "/nodes?ver=2")
+    got = json.loads(body)["nodes"]
+    assert [(n["id"], n["reachable"], n["leader"]) for n in got] == [
+        (n.node_id, True, n.node_id == leader.node_id) for n in sorted(nodes, key=lambda n: n.node_id)]
+    status, _, body = await call(follower, "GET", "/status")
+    store = json.loads(body)["store"]
+    assert store["leader"]["node_id"] == leader.node_id and store["raft"]["state"] == "Follower"
+    assert (await call(follower, "GET", "/readyz"))[0] == 200
+    status, _, body = await call(follower, "GET", "/leader")
+    assert json.loads(body)["id"] == leader.node_id
