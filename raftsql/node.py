@@ -634,8 +634,7 @@ class Node:
         with open(path, "rb") as f:
             db = f.read()
         os.remove(path)
-        me = {self.node_id: (self.config.advertised_raft_addr, self.api_url)}
-        header = orjson.dumps({"peers": {**self._peers, **me}})
+        header = orjson.dumps({"peers": self._address_book()})
         return len(header).to_bytes(4, "big") + header + db
 
     def _restore(self, snapshot: Snapshot) -> None:
@@ -729,6 +728,10 @@ class Node:
             if addrs:
                 self._set_peer(cc.node_id, addrs["raft_addr"], addrs["api_url"])
 
+    def _address_book(self) -> dict[str, tuple[str, str]]:
+        """Every member's (raft_addr, api_url), this node's included."""
+        return {**self._peers, self.node_id: (self.config.advertised_raft_addr, self.api_url)}
+
     def _set_peer(self, node_id: str, raft_addr: str, api_url: str) -> None:
         if node_id == self.node_id or self._peers.get(node_id) == (raft_addr, api_url):
             return
@@ -761,7 +764,7 @@ class Node:
             )
         except (TimeoutError, RaftSQLError, KeyError) as e:
             return {"ok": False, "error": str(e) or type(e).__name__}
-        return {"ok": True, "leader": self.config.advertised_raft_addr}
+        return {"ok": True, "leader": self.config.advertised_raft_addr, "peers": self._address_book()}
 
     async def _on_info(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"id": self.node_id, "api_url": self.api_url, "raft_addr": self.config.advertised_raft_addr}
@@ -780,6 +783,9 @@ class Node:
                     self._log("join attempt failed", target=addr, error=str(e))
                     continue
                 if reply.get("ok"):
+                    # Until the log tells it, the new member knows nobody to answer to.
+                    for node_id, (raft_addr, api_url) in reply.get("peers", {}).items():
+                        self._set_peer(node_id, raft_addr, api_url)
                     self._log("joined cluster", via=addr)
                     return
                 if reply.get("leader") and reply["leader"] not in targets:
