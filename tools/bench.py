@@ -63,7 +63,8 @@ async def run_clients(clients: int, seconds: float, op: Callable[[int], Awaitabl
         while time.perf_counter() < deadline:
             seq += 1
             t0 = time.perf_counter()
-            done += await op(seq)
+            n = await op(seq)  # not `done += await ...`: that reads `done` before awaiting
+            done += n
             latencies.append(time.perf_counter() - t0)
 
     await asyncio.gather(*(loop() for _ in range(clients)))
@@ -114,7 +115,9 @@ async def bench_cluster(url: str, seconds: float) -> dict[str, Result]:
 def bench_apsw(seconds: float) -> Result:
     with tempfile.TemporaryDirectory() as d:
         conn = apsw.Connection(os.path.join(d, "b.sqlite"))
-        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT)")
+        for sql in ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+                    "CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT)"):
+            conn.execute(sql).fetchall()
         lat, n = [], 0
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:
