@@ -1,0 +1,34 @@
+"""The core is pure (DESIGN.md §2): no I/O, clock, threads or global randomness."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import raftsql.raft
+
+FORBIDDEN = {"asyncio", "time", "os", "socket", "threading", "aiohttp", "subprocess", "select"}
+PURE = ["core.py", "log.py", "progress.py", "messages.py"]
+
+
+def imported(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_imports_nothing_impure() -> None:
+    root = Path(raftsql.raft.__file__).parent
+    for name in PURE:
+        assert not imported(root / name) & FORBIDDEN, name
+
+
+def test_randomness_is_only_the_injected_generator() -> None:
+    src = (Path(raftsql.raft.__file__).parent / "core.py").read_text()
+    calls = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Attribute)
+             and isinstance(n.value, ast.Name) and n.value.id == "random"]
+    assert [c.attr for c in calls] == ["Random"]  # the type annotation only
