@@ -118,16 +118,32 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_cluster(args: argparse.Namespace) -> int:
     from raftsql.launcher import LocalCluster
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM both stop every node, even when started where SIGINT is ignored.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     ports = [args.base_port + i for i in range(args.n)]
     cluster = LocalCluster(args.n, args.data_dir, ports, log=sys.stderr.fileno())
     cluster.start()
     urls = ", ".join(cluster.url(i) for i in cluster.ids)
     print(f"raftsql: {args.n} nodes at {urls} (data in {args.data_dir}); Ctrl-C stops them",
           file=sys.stderr, flush=True)
+    # Nodes may die or be killed (that is what a cluster is for trying): report it and keep
+    # the others running until Ctrl-C or until none is left.
+    running = set(cluster.ids)
     try:
-        while len(cluster.running()) == args.n:
+        while running:
             time.sleep(0.5)
+            for node_id in running - set(cluster.running()):
+                code = cluster.procs[node_id].returncode
+                print(f"raftsql: node {node_id} exited with {code}; the others go on "
+                      f"(restart it with: {' '.join(cluster.command(node_id))})",
+                      file=sys.stderr, flush=True)
+            running = set(cluster.running())
     except KeyboardInterrupt:
         pass
-    codes = cluster.stop()
-    return 0 if all(c == 0 for c in codes) else 1
+    still_running = cluster.running()
+    cluster.stop()
+    return 0 if all(cluster.procs[i].returncode == 0 for i in still_running) else 1

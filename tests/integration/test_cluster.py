@@ -164,6 +164,7 @@ def test_node_joins_running_cluster_and_is_removed(cluster3, tmp_path):
     code, body = http("GET", url + "/nodes?ver=2")
     assert {n["id"] for n in body["nodes"]} == {"n1", "n2", "n3"}
     execute(url, ["INSERT INTO t VALUES (2)"])  # the cluster still works
+    assert cluster3.stop_node("n4") == 0  # a removed node still stops cleanly
 
 
 def test_bare_serve_is_a_ready_single_node(tmp_path):
@@ -193,3 +194,94 @@ def test_pyrqlite_against_a_cluster(cluster3):
     cur.execute("SELECT name, born FROM people")
     assert cur.fetchall()[0][0] == "Ada"
     conn.close()
+
+
+def _pid_of(*words: str) -> int:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode() for a in cmdline]
+            if all(w in args for w in words):
+                return int(entry)
+    raise LookupError(words)
+
+
+def _consecutive_free_ports(n: int) -> int:
+    import socket
+
+    for base in range(20000, 60000, 97):
+        try:
+            socks = []
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def test_cluster_command_survives_leader_kill_and_stops_on_sigterm(tmp_path):
+    import subprocess
+    import sys
+
+    base = _consecutive_free_ports(3)
+    data = str(tmp_path / "c")
+    proc = subprocess.Popen([sys.executable, "-m", "raftsql", "cluster", "3", "--base-port", str(base),
+                             "--data-dir", data], stderr=subprocess.PIPE)
+    try:
+        view = LocalCluster(3, data, ports=[base, base + 1, base + 2])  # to observe, not to start
+        urls = {i: view.url(i) for i in view.ids}
+        leader = view.leader(among=view.ids, timeout=30)
+        execute(urls[leader], ["CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"])
+        os.kill(_pid_of("--node-id", leader, "--data-dir", os.path.join(data, leader)), signal.SIGKILL)
+        survivors = [i for i in view.ids if i != leader]
+        new = view.leader(among=survivors)
+        execute(urls[new], ["INSERT INTO t VALUES (2)"])
+        assert query(urls[survivors[1]], "SELECT x FROM t ORDER BY x") == [[1], [2]]
+        assert proc.poll() is None  # one node dying does not stop the others
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+    assert code == 0
+    assert b"exited with -9" in proc.stderr.read()
+
+
+def test_every_node_signalled_at_once_exits_zero_quickly(cluster3):
+    execute(cluster3.url(cluster3.leader()), ["CREATE TABLE t (x)"])
+    started = time.monotonic()
+    for node_id in cluster3.ids:
+        cluster3.signal(node_id, signal.SIGTERM)
+    codes = [cluster3.procs[i].wait(timeout=15) for i in cluster3.ids]
+    assert codes == [0, 0, 0]
+    assert time.monotonic() - started < 10
+
+
+def test_cluster_secret_keeps_outsiders_out(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("guess\n")
+    cluster = LocalCluster(2, str(tmp_path), extra_args=["--election-ms", "500", "--heartbeat-ms", "50"])
+    cluster.start_node("n1", "--initial-cluster", f"n1={cluster.addr('n1')}",
+                       "--cluster-secret-file", str(secret))
+    try:
+        eventually(lambda: http("GET", cluster.url("n1") + "/readyz")[0] == 200)
+        cluster.start_node("n2", "--join", cluster.addr("n1"), "--cluster-secret-file", str(wrong))
+        time.sleep(2)
+        code, body = http("GET", cluster.url("n1") + "/nodes?ver=2")
+        assert [n["id"] for n in body["nodes"]] == ["n1"]  # the impostor never got in
+        assert "401" in (tmp_path / "n2.log").read_text()
+        cluster.stop_node("n2")
+        cluster.start_node("n2", "--join", cluster.addr("n1"), "--cluster-secret-file", str(secret))
+        eventually(lambda: len(http("GET", cluster.url("n1") + "/nodes?ver=2")[1]["nodes"]) == 2)
+    finally:
+        assert cluster.stop() == [0, 0]
