@@ -285,3 +285,30 @@ def test_cluster_secret_keeps_outsiders_out(tmp_path):
         eventually(lambda: len(http("GET", cluster.url("n1") + "/nodes?ver=2")[1]["nodes"]) == 2)
     finally:
         assert cluster.stop() == [0, 0]
+
+
+def test_snapshots_compact_the_log_and_catch_up_a_follower_that_was_down(tmp_path):
+    cluster = LocalCluster(3, str(tmp_path), extra_args=[
+        "--heartbeat-ms", "50", "--election-ms", "500", "--snapshot-threshold", "40"])
+    cluster.start()
+    try:
+        leader = cluster.leader(timeout=30)
+        url = cluster.url(leader)
+        execute(url, ["CREATE TABLE t (x INTEGER)"])
+        lagging = next(i for i in cluster.ids if i != leader)
+        cluster.kill(lagging)
+        for i in range(150):
+            execute(url, [["INSERT INTO t VALUES(?)", i]])
+        store = cluster.status(leader)["store"]["raft"]
+        assert store["snapshot_index"] >= 100 and store["first_log_index"] > 2  # compacted
+        cluster.start_node(lagging)  # its next entry is gone: only a snapshot can help
+        eventually(lambda: query(cluster.url(lagging), "SELECT count(*) FROM t", level="none") == [[150]])
+        execute(url, ["INSERT INTO t VALUES (150)"])
+        eventually(lambda: query(cluster.url(lagging), "SELECT count(*) FROM t", level="none") == [[151]])
+        cluster.kill(lagging)  # restart from its own snapshot + log
+        cluster.start_node(lagging)
+        eventually(lambda: query(cluster.url(lagging), "SELECT count(*) FROM t", level="none") == [[151]])
+    finally:
+        cluster.stop()
+    dumps = [canonical_dump(os.path.join(str(tmp_path), i, "db.sqlite")) for i in cluster.ids]
+    assert dumps[0] == dumps[1] == dumps[2]
