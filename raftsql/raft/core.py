@@ -94,9 +94,12 @@ class Raft:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads = ReadOnly()
-        if hard_state == HardState() and snapshot.index == 0 and not entries and snapshot.conf.voters:
+        if hard_state.term == 0 and snapshot.index == 0 and snapshot.conf.voters:
             # A new cluster: write its membership as committed entries 1..n of term 1, the
-            # same on every initial member, so later joiners learn it from the log.
+            # same on every initial member, so later joiners learn it from the log. Entries
+            # stored with no hard state can only be a torn copy of these (a crash while the
+            # first Ready was persisted): read as a log, a prefix would be a smaller cluster
+            # that elects itself, so they are written again.
             self._membership = Membership(0, ConfState())
             self._append(tracker.bootstrap_entries(snapshot.conf))
             self._term = 1
@@ -271,10 +274,12 @@ class Raft:
             self._become_follower(m.term, m.frm if m.type in _FROM_LEADER else None)
             return True
         if m.term < self._term:
-            if m.type in (MT.APPEND, MT.HEARTBEAT) and (self._config.check_quorum or self._config.pre_vote):
-                # A deposed leader, or a node whose election failed: tell it our term. With
-                # PreVote/CheckQuorum terms no longer rise in minority partitions, so this
-                # is how such a node learns it is stale.
+            if m.type in (MT.APPEND, MT.HEARTBEAT):
+                # §5.1: a deposed leader, or a node whose election failed: tell it our term.
+                # With PreVote/CheckQuorum terms no longer rise in minority partitions, and
+                # without them the vote requests of a higher term may never reach it (when
+                # the candidate's older membership does not count it as a voter): either
+                # way this is how such a node learns it is stale.
                 self._send(MT.APPEND_RESP, m.frm)
             elif m.type is MT.PRE_VOTE:
                 self._send(MT.PRE_VOTE_RESP, m.frm, reject=True)

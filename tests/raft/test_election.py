@@ -6,7 +6,15 @@ from __future__ import annotations
 import random
 
 from raftsql.raft.core import Config, Raft
-from raftsql.raft.messages import ConfState, Message, MessageType, Role, SnapshotMeta
+from raftsql.raft.messages import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Message,
+    MessageType,
+    Role,
+    SnapshotMeta,
+)
 from tests.raft.harness import Network
 
 MT = MessageType
@@ -269,3 +277,35 @@ def test_single_voter_elects_itself_at_once() -> None:
     net = Network(("a",))
     a = net.elect("a")
     assert a.commit_index == a.last_index == 2  # bootstrap entry + its no-op
+
+
+def test_stale_leader_is_told_its_term_also_without_prevote_or_check_quorum() -> None:
+    """Regression (found by the simulator): §5.1 answers a stale request with the current
+    term whatever the configuration. Without it, a leader whose follower moved to a higher
+    term (here c, which campaigned while cut off) never learns so when that follower's
+    own, older membership does not count it as a voter: c asks b (down) only, a waits for
+    c forever, and nothing commits."""
+    net = Network(("b", "c"), learners=("a",), config=Config(pre_vote=False, check_quorum=False))
+    b = net.elect("b")
+    net.tick(n=1)
+    net.isolate("c")
+    assert net.change("b", ConfChange(ConfChangeType.ADD_VOTER, "a")) is not None
+    net.tick(["a", "b"], n=1)
+    b.transfer_leadership("a")
+    net.settle()
+    a = net.raft("a")
+    assert a.role is Role.LEADER and a.conf.voters == ("b", "c", "a")
+    net.tick(["c"], n=60)  # c campaigns alone: a higher term, still its old membership
+    c = net.raft("c")
+    assert c.term > a.term and c.conf.voters == ("b", "c")
+    net.crash("b")
+    net.recover()
+    stuck_term = c.term
+    for _ in range(200):
+        net.tick(["a", "c"])
+        if a.role is Role.LEADER and a.term > stuck_term:
+            break
+    assert a.role is Role.LEADER and a.term > stuck_term  # told, stepped down, won again
+    net.propose("a", b"x")
+    net.tick(["a", "c"], n=2)
+    assert net.nodes["c"].data == [b"x"]

@@ -217,3 +217,28 @@ def test_membership_survives_restart() -> None:
     for n in ABC:
         net.restart(n)
     assert all(net.raft(n).conf == ConfState(ABC, ("l",)) for n in ABC)
+
+
+def test_torn_bootstrap_is_written_again() -> None:
+    """Regression (found by the simulator): a crash while the first Ready is persisted can
+    keep a prefix of the bootstrap entries and no hard state. Read as a log, that prefix
+    is a smaller cluster ("a" alone) that would elect itself and commit on its own. A node
+    with no hard state that is given the initial membership bootstraps again instead."""
+    net = Network(ABC)
+    node = net.nodes["a"]
+    assert node.raft is not None and node.storage is not None
+    rd = node.raft.ready()  # bootstrap: entries 1..3 and hard state (term 1, commit 3)
+    node.storage.append(rd.entries[:1])  # the torn write kept entry 1 only
+    node.storage.sync()
+    net.restart("a")
+    a = net.raft("a")
+    assert (a.term, a.conf.voters, a.last_index) == (1, ABC, 3)
+    net.isolate("a")
+    net.tick(["a"], n=100)
+    assert a.role is not Role.LEADER  # one voter of three: no election on its own
+    net.recover()
+    net.elect("b")
+    net.propose("b", b"x")
+    net.tick(n=2)
+    assert net.log("a") == net.log("b") == net.log("c")
+    assert net.nodes["a"].data == [b"x"]

@@ -168,7 +168,8 @@ def test_received_snapshot_is_surfaced_and_applied_before_new_entries() -> None:
     net.compact("a")
     net.restart("c")
     c = net.raft("c")
-    snapshot = net.nodes["a"].store.snapshot
+    snapshot = net.nodes["a"].storage.load_snapshot()
+    assert snapshot is not None
     c.step(Message(MT.SNAPSHOT, "c", "a", term=a.term, snapshot=snapshot))
     rd = c.ready()
     assert rd.snapshot == snapshot and rd.committed_entries == []
