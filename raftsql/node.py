@@ -1,16 +1,26 @@
 """The asyncio driver: one loop per node that runs the pure Raft core.
 
 It turns wall-clock time into ticks, steps incoming messages, persists each Ready (one
-fsync per batch), sends messages, hands committed entries to the state machine on a
-thread of their own, and completes waiting requests. All calls into the core happen on
-the loop task between `advance()` and the next `ready()`; everything else (requests,
-peers, timers) only queues work and wakes it.
+fsync per batch), sends messages, hands committed entries to the state machine in log
+order, and completes waiting requests. All calls into the core happen on the loop task
+between `advance()` and the next `ready()`; everything else (requests, peers, timers) only
+queues work and wakes it.
+
+Where the work runs (docs/performance.md has the measurements behind it): a thread hop
+costs 100-300 us on a small machine, more than most of the work it would move, so only what
+can take long leaves the loop. The leader fsyncs on its persist thread (its loop parses the
+next requests meanwhile); other nodes fsync on the loop, since they can do nothing else
+before it. Committed entries, and queries, run on the loop when the state machine finishes
+them within a 2 ms budget (SQLite is interrupted and the work undone if not), else on the
+apply thread and on read threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -45,9 +55,25 @@ from raftsql.transport import Transport
 
 log = logging.getLogger("raftsql.node")
 
+# The loop applies a small batch (and runs a query) itself when it takes at most this long;
+# over it, the work is undone and handed to a thread, and for _INLINE_BACKOFF seconds all of
+# it goes to threads directly.
+_INLINE_BUDGET = 0.002
+_INLINE_BACKOFF = 1.0
+_INLINE_APPLY_BYTES = 16384  # larger batches go to the apply thread without trying
+_QUERY_THREADS = 4  # read threads (the state machine keeps as many read connections)
+_QUERY_SLICE = 0.002  # seconds a read thread works on a batch before sharing the rest
+
 
 class StateMachine(Protocol):
-    """What the driver replicates. Called only from the apply thread, in log order."""
+    """What the driver replicates. Called by one thread at a time, in log order.
+
+    Optional, and used when present (raftsql.sqlite.Database has them): `apply_within(entries,
+    seconds)` and `query_within(statements, transaction, seconds)`, which return None, having
+    done nothing, rather than take longer than `seconds` (the driver then calls `apply` /
+    `query` on a thread); `query(statements, transaction)`; `checkpoint_due()` and
+    `checkpoint()`, run on the apply thread.
+    """
 
     def applied_index(self) -> int: ...
 
@@ -91,6 +117,31 @@ class Member:
     api_url: str
     raft_addr: str
     voter: bool
+
+
+class _Deadlines:
+    """Request timeouts, checked on every tick: cheaper than a timer per request (a request
+    may time out up to one heartbeat interval late)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[float, asyncio.Future[Any]]] = []
+
+    def add(self, fut: asyncio.Future[Any], timeout: float) -> asyncio.Future[Any]:
+        self._items.append((fut.get_loop().time() + timeout, fut))
+        return fut
+
+    def expire(self, now: float) -> None:
+        """Fail the futures whose time is up with TimeoutError; forget the completed ones."""
+        keep = []
+        for item in self._items:
+            when, fut = item
+            if fut.done():
+                continue
+            if when <= now:
+                fut.set_exception(TimeoutError())
+            else:
+                keep.append(item)
+        self._items = keep
 
 
 class _Waiters:
@@ -154,16 +205,30 @@ class Node:
         self._inbox: list[Message] = []
         self._calls: list[Callable[[], None]] = []
         self._ticks = 0
-        self._apply_queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        # Work for the apply thread, in log order: ("apply", entries) or ("restore", snapshot).
+        self._apply_backlog: list[tuple[str, Any]] = []
+        self._applying = False  # a batch (or a snapshot, or a checkpoint) is on the apply thread
+        self._inline_apply_off_until = 0.0  # loop time until which nothing is applied inline
+        self._inline_query_off_until = 0.0
+        self._persist_submitted = self._persist_finished = 0  # jobs for the persist thread
+        self._unsynced_hard_state: HardState | None = None  # commit moved; written by next sync
         self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
-        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_waiters: list[asyncio.Future[int]] = []  # for the next ReadIndex request
+        self._reads: dict[bytes, list[asyncio.Future[int]]] = {}  # ReadIndex context -> waiters
         self._read_seq = 0
+        self._query_pool = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix=f"query-{self.node_id}")
+        self._query_backlog: collections.deque[tuple[list[Any], bool, asyncio.Future[Any]]] = (
+            collections.deque())
+        self._query_jobs = 0  # read threads working through the backlog
+        self._query_start_scheduled = False
         self._applied_waiters = _Waiters()
+        self._deadlines = _Deadlines()
         self._peers: dict[str, tuple[str, str]] = {}  # id -> (raft_addr, api_url)
         self._peers_path = os.path.join(config.data_dir, "peers.json")
         self._last_contact: float | None = None
         self._snapshot_index = 0
         self._applied_term = 0
+        self._stopping = False
         self._stopped = asyncio.Event()
         self._failed = asyncio.Event()
         self.failure: Exception | None = None
@@ -290,7 +355,6 @@ class Node:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._run(), name=f"raft-{self.node_id}"),
-            loop.create_task(self._apply_loop(), name=f"apply-{self.node_id}"),
             loop.create_task(self._ticker(), name=f"tick-{self.node_id}"),
             loop.create_task(self._learn_api_urls(), name=f"info-{self.node_id}"),
         ]
@@ -302,9 +366,10 @@ class Node:
 
     async def stop(self, transfer: bool = True) -> None:
         """Stop cleanly; a leader first hands leadership to another voter when it can."""
-        if transfer and self.is_leader and len(self.conf.voters) > 1:
+        if transfer and self.is_leader and len(self.conf.voters) > 1 and self.failure is None:
             with contextlib.suppress(RaftSQLError, asyncio.TimeoutError):
                 await self.transfer_leadership(None, timeout=2.0)
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -316,11 +381,18 @@ class Node:
         for runner in self._runners:
             await runner.cleanup()
         self._runners = []
+        self._apply_backlog.clear()
         self._apply_pool.shutdown(wait=True)
         self._persist_pool.shutdown(wait=True)
+        self._query_pool.shutdown(wait=True)
+        for _, _, fut in self._query_backlog:
+            self._set_exception(fut, RaftSQLError("node stopped"))
+        self._query_backlog.clear()
         if self._sm is not None:
             self._sm.close()
         if self._storage is not None:
+            if self._unsynced_hard_state is not None and self.failure is None:
+                self._storage.set_hard_state(self._unsynced_hard_state)
             self._storage.close()
         self._stopped.set()
         self._log("stopped")
@@ -333,23 +405,18 @@ class Node:
 
     async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]:
         """Replicate `data`; return the state machine's result and the entry's index."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        index_fut: asyncio.Future[int] = loop.create_future()
+        fut: asyncio.Future[tuple[Any, int]] = asyncio.get_running_loop().create_future()
 
         def run() -> None:
             assert self._raft is not None
             index = self._raft.propose(data) if self.is_leader else None
             if index is None:
-                self._set_exception(index_fut, self._not_leader())
-                return
-            self._proposals[index] = (self._raft.term, fut)
-            index_fut.set_result(index)
+                self._set_exception(fut, self._not_leader())
+            else:
+                self._proposals[index] = (self._raft.term, fut)
 
         self._call(run)
-        async with asyncio.timeout(timeout):
-            index = await index_fut
-            return await fut, index
+        return await self._deadlines.add(fut, timeout)
 
     async def execute(
         self, statements: list[Any], *, transaction: bool = False, op: str = "execute",
@@ -363,33 +430,108 @@ class Node:
         return result, index
 
     async def read_barrier(self, level: str, timeout: float = 10.0) -> None:
-        """weak: this node believes it leads; linearizable: ReadIndex, then wait for apply."""
+        """weak: this node believes it leads; linearizable: ReadIndex, then wait for apply.
+
+        Every read that arrives before the loop next runs shares one ReadIndex request:
+        each of them arrived before the read index was taken, which is all that
+        linearizability asks (dissertation §6.4).
+        """
         if not self.is_leader:
             raise self._not_leader()
         if level == "weak":
             return
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         fut: asyncio.Future[int] = loop.create_future()
+        if not self._read_waiters:
+            self._call(self._request_read_index)
+        self._read_waiters.append(fut)
+        index = await self._deadlines.add(fut, timeout)
+        if self.applied_index < index:
+            await self._deadlines.add(self._applied_waiters.add(index), deadline - loop.time())
+
+    def _request_read_index(self) -> None:
+        assert self._raft is not None
+        waiters, self._read_waiters = self._read_waiters, []
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")
-
-        def run() -> None:
-            assert self._raft is not None
-            if not self._raft.read_index(ctx):
-                self._set_exception(fut, self._not_leader())
-            else:
-                self._reads[ctx] = fut
-
-        self._call(run)
-        async with asyncio.timeout(timeout):
-            index = await fut
-            if self.applied_index < index:
-                await self._applied_waiters.add(index)
+        if self._raft.read_index(ctx):
+            self._reads[ctx] = waiters
+            return
+        exc = self._not_leader()
+        for fut in waiters:
+            self._set_exception(fut, exc)
 
     async def query(self, statements: list[Any], *, transaction: bool = False) -> list[StatementResult]:
+        """Run read-only statements on the state machine's read connections.
+
+        On the loop itself when they finish within _INLINE_BUDGET (as for applying, see
+        _apply_inline); otherwise on a read thread. Queries that wait for a thread together
+        go to it together: one thread hop for the batch, not one per query. A thread that has
+        spent `_QUERY_SLICE` seconds on its batch lets another thread take the rest, so a
+        slow query holds up few others.
+        """
+        loop = asyncio.get_running_loop()
+        query_within = getattr(self._sm, "query_within", None)
+        if query_within is not None and loop.time() >= self._inline_query_off_until:
+            # Most queries take microseconds: run them here, unless it takes longer (or no
+            # read connection is free: then only the threads are waited for).
+            started = loop.time()
+            results = query_within(statements, transaction, _INLINE_BUDGET)
+            if results is not None:
+                return results  # type: ignore[no-any-return]
+            if loop.time() - started >= _INLINE_BUDGET:
+                self._inline_query_off_until = loop.time() + _INLINE_BACKOFF
+        fut: asyncio.Future[list[StatementResult]] = loop.create_future()
+        self._query_backlog.append((statements, transaction, fut))
+        if not self._query_start_scheduled:
+            self._query_start_scheduled = True
+            loop.call_soon(self._start_query_jobs)
+        return await fut
+
+    def _start_query_jobs(self) -> None:
+        self._query_start_scheduled = False
+        if self._query_backlog and self._query_jobs < _QUERY_THREADS and not self._stopping:
+            self._query_jobs += 1
+            self._query_pool.submit(self._run_queries, asyncio.get_running_loop())
+
+    def _run_queries(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On a read thread: run queued queries until none is left."""
         assert self._sm is not None
         query = self._sm.query  # type: ignore[attr-defined]
-        return await asyncio.get_running_loop().run_in_executor(None, query, statements, transaction)
+        backlog = self._query_backlog
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        started = time.monotonic()
+        try:
+            while backlog:
+                try:
+                    statements, transaction, fut = backlog.popleft()
+                except IndexError:
+                    break
+                if fut.done():
+                    continue  # its client went away
+                try:
+                    done.append((fut, query(statements, transaction), None))
+                except Exception as e:
+                    done.append((fut, None, e))
+                if backlog and time.monotonic() - started > _QUERY_SLICE:
+                    loop.call_soon_threadsafe(self._queries_done, done, False)
+                    done, started = [], time.monotonic()
+        finally:
+            loop.call_soon_threadsafe(self._queries_done, done, True)
+
+    def _queries_done(self, done: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+                      finished: bool) -> None:
+        for fut, result, exc in done:
+            if fut.done():
+                continue
+            if exc is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(exc)
+        if finished:
+            self._query_jobs -= 1
+        self._start_query_jobs()
 
     async def add_member(
         self, node_id: str, raft_addr: str, api_url: str, voter: bool = True, timeout: float = 10.0
@@ -438,21 +580,32 @@ class Node:
 
     async def _ticker(self) -> None:
         interval = self.config.heartbeat_ms / 1000
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             self._ticks += 1
             self._wake.set()
+            self._deadlines.expire(loop.time())
 
     async def _run(self) -> None:
         try:
             await self._loop()
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # a storage failure is fatal: never retry, never go on
-            log.critical("node=%s fatal error, stopping: %r", self.node_id, e, exc_info=True)
-            self.failure = e
-            self._fail_waiters(LeadershipLostError("node failed"))
-            self._failed.set()
+        except Exception as e:
+            self._fail(e)
+
+    def _fail(self, e: BaseException) -> None:
+        """A storage or state machine failure is fatal: never retry, never go on."""
+        if self.failure is not None:
+            return
+        log.critical("node=%s fatal error, stopping: %r", self.node_id, e, exc_info=e)
+        self.failure = e if isinstance(e, Exception) else RaftSQLError(repr(e))
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        self._fail_waiters(LeadershipLostError("node failed"))
+        self._failed.set()
 
     async def _loop(self) -> None:
         raft = self._raft
@@ -484,43 +637,72 @@ class Node:
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader_id)
+        hs = rd.hard_state
+        vote_changed = hs is not None and (hs.term, hs.vote) != self._persisted_vote
+        must_persist = rd.snapshot is not None or bool(rd.entries) or vote_changed
+        if must_persist:
+            if hs is None:
+                hs = self._unsynced_hard_state
+            self._unsynced_hard_state = None
+        elif hs is not None:
+            # Only the commit index moved: it need not be durable (after a crash it is learned
+            # again, never below what was applied), so it waits for the next fsync.
+            self._unsynced_hard_state = hs
+        # A leader persists on its thread, started first: the appends below wake the
+        # followers, which would otherwise compete with it for the CPU and the disk.
+        persisting = None
+        if must_persist and (self.is_leader or rd.snapshot is not None or self._persisting):
+            persisting = self._submit_persist(self._write_ready, rd, hs)
         # A leader may send appends while it persists its own copy (Raft thesis §10.2.1), but
         # only when this Ready does not change its term or vote: those must be durable first.
-        hs = rd.hard_state
         early, late = [], rd.messages
-        if self.is_leader and (hs is None or (hs.term, hs.vote) == self._persisted_vote):
+        if self.is_leader and not vote_changed:
             early, late = rd.messages, []
         if early:
             self._send(early)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            await self._in_persist(self._persist, rd)
+        apply_now = bool(rd.committed_entries) and rd.snapshot is None and self.is_leader
+        if apply_now:
+            # Committed entries were persisted by earlier Readies: the leader applies them
+            # (and answers their clients) while it makes this Ready's entries durable.
+            self._note_conf_entries(rd.committed_entries)
+            self._queue_apply("apply", rd.committed_entries)
+        if must_persist:
+            if persisting is not None:
+                await persisting
+            else:
+                # Any other node writes on the loop itself: it can send nothing before the
+                # fsync anyway, and a thread hop costs more than the fsync on a small machine
+                # (docs/performance.md). A snapshot, or a write queued behind a snapshot being
+                # saved, goes through the persist thread, in order.
+                self._write_ready(rd, hs)
+            if hs is not None:
+                self._persisted_vote = (hs.term, hs.vote)
             self._note_conf_entries(rd.entries)
         if late:
             self._send(late)
         if rd.snapshot is not None:
-            self._apply_queue.put_nowait(("restore", rd.snapshot))
-        if rd.committed_entries:
+            self._queue_apply("restore", rd.snapshot)
+        if rd.committed_entries and not apply_now:
+            # A follower answers first: its leader is waiting for that answer, not for this.
             self._note_conf_entries(rd.committed_entries)
-            self._apply_queue.put_nowait(("apply", rd.committed_entries))
+            self._queue_apply("apply", rd.committed_entries)
         for rs in rd.read_states:
-            fut = self._reads.pop(rs.context, None)
-            if fut is not None and not fut.done():
-                fut.set_result(rs.index)
+            for fut in self._reads.pop(rs.context, ()):
+                if not fut.done():
+                    fut.set_result(rs.index)
 
     _persisted_vote: tuple[int, str | None] = (0, None)
 
-    def _persist(self, rd: Ready) -> None:
+    def _write_ready(self, rd: Ready, hs: HardState | None) -> None:
         storage = self._storage
         assert storage is not None
         if rd.snapshot is not None:
             storage.save_snapshot(rd.snapshot)
         if rd.entries:
             storage.append(rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
+        if hs is not None:
+            storage.set_hard_state(hs)
         storage.sync()
-        if rd.hard_state is not None:
-            self._persisted_vote = (rd.hard_state.term, rd.hard_state.vote)
 
     def _send(self, messages: list[Message]) -> None:
         assert self._transport is not None
@@ -540,27 +722,123 @@ class Node:
         for _, fut in self._proposals.values():
             self._set_exception(fut, exc)
         self._proposals.clear()
-        for fut in self._reads.values():
-            self._set_exception(fut, exc)
+        for waiters in [self._read_waiters, *self._reads.values()]:
+            for fut in waiters:
+                self._set_exception(fut, exc)
+        self._read_waiters = []
         self._reads.clear()
 
     # ---- applying -----------------------------------------------------------------
 
-    async def _apply_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            kind, payload = await self._apply_queue.get()
+    def _queue_apply(self, kind: str, payload: Any) -> None:
+        """Hand committed entries (or a snapshot to restore) to the state machine, in order."""
+        self._apply_backlog.append((kind, payload))
+        if not self._applying:
+            self._apply_next()
+
+    def _apply_next(self) -> None:
+        """Apply what is queued, in order: every queued batch as one (group commit), on the
+        loop itself when the state machine finishes it within _INLINE_BUDGET (see
+        _apply_inline), else on the apply thread; a restore always on the thread."""
+        backlog = self._apply_backlog
+        while backlog and not self._applying and not self._stopping:
+            kind, payload = backlog[0]
             if kind == "restore":
-                await loop.run_in_executor(self._apply_pool, self._restore, payload)
-                self._set_applied(payload.meta.index, payload.meta.term)
-                continue
-            entries: list[Entry] = list(payload)
-            while not self._apply_queue.empty() and self._apply_queue._queue[0][0] == "apply":  # type: ignore[attr-defined]
-                entries.extend(self._apply_queue.get_nowait()[1])  # group commit at apply too
-            results = await loop.run_in_executor(self._apply_pool, self._apply_entries, entries)
-            self._complete_proposals(entries, results)
-            self._set_applied(entries[-1].index, entries[-1].term)
-            await self._maybe_snapshot()
+                del backlog[0]
+                self._apply_on_thread(kind, payload, functools.partial(self._restore, payload))
+                return
+            n = 1
+            while n < len(backlog) and backlog[n][0] == "apply":
+                n += 1
+            entries: list[Entry] = [e for _, batch in backlog[:n] for e in batch]
+            del backlog[:n]
+            try:
+                results = self._apply_inline(entries)
+            except Exception as e:  # the state machine failed: like a storage error, fatal
+                self._fail(e)
+                return
+            if results is None:
+                self._apply_on_thread(kind, entries, functools.partial(self._apply_entries, entries))
+                return
+            self._after_apply(entries, results)
+
+    def _apply_on_thread(self, kind: str, payload: Any, job: Callable[[], Any]) -> None:
+        self._applying = True
+        fut = asyncio.get_running_loop().run_in_executor(self._apply_pool, job)
+        fut.add_done_callback(functools.partial(self._on_applied, kind, payload))
+
+    def _on_applied(self, kind: str, payload: Any, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or self._stopping:
+            return
+        exc = fut.exception()
+        if exc is not None:  # the state machine failed: like a storage error, fatal
+            self._fail(exc)
+            return
+        self._applying = False
+        if kind == "restore":
+            self._set_applied(payload.meta.index, payload.meta.term)
+        elif kind == "apply":
+            self._after_apply(payload, fut.result())
+        self._apply_next()
+
+    def _after_apply(self, entries: list[Entry], results: dict[int, Any]) -> None:
+        self._complete_proposals(entries, results)
+        self._set_applied(entries[-1].index, entries[-1].term)
+        if self.applied_index - self._snapshot_index >= self.config.snapshot_threshold:
+            # Taken on the apply thread before any later batch: exactly what is applied.
+            self._applying = True  # until _snapshot_done
+            task = asyncio.get_running_loop().create_task(self._take_snapshot())
+            self._tasks.append(task)
+            task.add_done_callback(self._snapshot_done)
+            return
+        checkpoint_due = getattr(self._sm, "checkpoint_due", None)
+        if checkpoint_due is not None and checkpoint_due():
+            # The WAL grew past SQLite's checkpoint size: copy it back off the loop.
+            self._apply_on_thread("checkpoint", None, self._sm.checkpoint)  # type: ignore[union-attr]
+
+    def _apply_inline(self, entries: list[Entry]) -> dict[int, Any] | None:
+        """Apply `entries` on the loop if the state machine can do it within _INLINE_BUDGET.
+
+        A single-row write applies in ~20 us, while handing it to the apply thread and back
+        costs ~10 times that on a small machine (docs/performance.md). The state machine's
+        apply_within() gives up, undoing everything, once the budget is spent, so the loop is
+        never held up longer than that: the batch then goes to the apply thread. Large
+        batches go there directly, and so does everything for a second after a batch ran out
+        of time. None: not applied here.
+        """
+        apply_within = getattr(self._sm, "apply_within", None)
+        if apply_within is None:
+            return None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < self._inline_apply_off_until:
+            return None
+        batch = [(e.index, e.data) for e in entries if e.type is EntryType.NORMAL and e.data]
+        results: dict[int, Any] = {}
+        if batch:
+            if sum(len(data) for _, data in batch) > _INLINE_APPLY_BYTES:
+                return None
+            applied = apply_within(batch, _INLINE_BUDGET)
+            if applied is None:
+                self._inline_apply_off_until = loop.time() + _INLINE_BACKOFF
+                return None
+            for (index, _), result in zip(batch, applied, strict=True):
+                results[index] = result
+        if not batch or batch[-1][0] != entries[-1].index:
+            self._sm.mark_applied(entries[-1].index)  # type: ignore[union-attr]
+        return results
+
+    def _snapshot_done(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fail(exc)
+            return
+        self._applying = False
+        self._apply_next()
 
     def _apply_entries(self, entries: list[Entry]) -> dict[int, Any]:
         assert self._sm is not None
@@ -584,7 +862,7 @@ class Node:
             if term != e.term:  # another leader's entry took this index: ours was lost
                 fut.set_exception(LeadershipLostError())
             else:
-                fut.set_result(results.get(e.index))
+                fut.set_result((results.get(e.index), e.index))
 
     def _set_applied(self, index: int, term: int) -> None:
         self.applied_index, self._applied_term = index, term
@@ -593,31 +871,24 @@ class Node:
     async def _change_conf(self, cc: ConfChange, timeout: float) -> None:
         if not self.is_leader:
             raise self._not_leader()
-        loop = asyncio.get_running_loop()
-        index_fut: asyncio.Future[int] = loop.create_future()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[tuple[Any, int]] = asyncio.get_running_loop().create_future()
 
         def run() -> None:
             assert self._raft is not None
             index = self._raft.propose_conf_change(cc) if self.is_leader else None
             if index is None:
-                self._set_exception(index_fut, ClusterError(
+                self._set_exception(fut, ClusterError(
                     "membership change refused: not leader, or another change is pending"))
-                return
-            self._proposals[index] = (self._raft.term, fut)
-            index_fut.set_result(index)
+            else:
+                self._proposals[index] = (self._raft.term, fut)
 
         self._call(run)
-        async with asyncio.timeout(timeout):
-            await index_fut
-            await fut
+        await self._deadlines.add(fut, timeout)
         self._log("membership changed", change=cc.type.name, member=cc.node_id)
 
     # ---- snapshots ----------------------------------------------------------------
 
-    async def _maybe_snapshot(self) -> None:
-        if self.applied_index - self._snapshot_index < self.config.snapshot_threshold:
-            return
+    async def _take_snapshot(self) -> None:
         index, term = self.applied_index, self._applied_term
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(self._apply_pool, self._snapshot_data)
@@ -662,9 +933,12 @@ class Node:
     # ---- bootstrap, recovery, membership ---------------------------------------------
 
     def _is_fresh(self) -> bool:
+        """No durable term and no snapshot: the bootstrap (or join) never completed. A crash
+        inside the first write can leave some bootstrap entries without the hard state;
+        bootstrapping again replaces them, rather than starting from a partial membership."""
         s = self._storage
         assert s is not None
-        return not s.snapshot_meta.conf.members() and s.last_index == 0 and s.hard_state.term == 0
+        return s.hard_state.term == 0 and s.snapshot_meta.index == 0 and not s.snapshot_meta.conf.members()
 
     async def _bootstrap(self) -> None:
         """Write the initial membership as committed entries 1..n of term 1, identical on
@@ -830,7 +1104,24 @@ class Node:
         self._runners.append(runner)
 
     async def _in_persist(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._persist_pool, fn, *args)
+        """Run `fn` on the persist thread (in submission order)."""
+        return await self._submit_persist(fn, *args)
+
+    def _submit_persist(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        self._persist_submitted += 1  # only ever written here, on the loop thread
+
+        def job() -> Any:
+            try:
+                return fn(*args)
+            finally:
+                self._persist_finished += 1  # only ever written here, on the persist thread
+
+        return asyncio.get_running_loop().run_in_executor(self._persist_pool, job)
+
+    @property
+    def _persisting(self) -> bool:
+        """Whether the persist thread has work: storage is touched by one thread at a time."""
+        return self._persist_submitted != self._persist_finished
 
     def _not_leader(self) -> NotLeaderError:
         return NotLeaderError(self.leader_id if self.leader_id != self.node_id else None,

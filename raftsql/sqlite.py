@@ -31,6 +31,13 @@ ON CONFLICT ROLLBACK and RAISE(ROLLBACK) end SQLite's transaction, which is the 
 apply() then redoes the batch from its start, with that statement replayed as the failure it was
 (see _TransactionLost), so the outcome is what autocommit would give, on every node.
 
+Time budgets: apply_within() and query_within() let an event loop run the common, tiny batch
+itself (a single-row write applies in ~20 us; a thread hop costs ~10x that) without ever
+being held up long: a progress handler interrupts user SQL once the budget is spent, the
+batch is rolled back to where it began (counters included), and the caller runs it again
+with apply() / query() on a thread of its own. Since nothing of an over-budget attempt
+remains, where a batch runs never changes what it does.
+
 Known gap: once a rowid table holds rowid 9223372036854775807, SQLite picks new rowids at random
 from its own PRNG, which apsw gives no way to seed; those rowids differ between nodes.
 """
@@ -74,6 +81,8 @@ _META = struct.Struct("<qqqqq")
 _META_VERSION = 1
 _META_BLOB_SIZE = 64  # room to grow without changing the row's size (blob writes can't resize)
 _vfs_ids = itertools.count(1)
+_PROGRESS_STEPS = 1000  # SQLite VM steps between two checks of a time budget
+CHECKPOINT_PAGES = 1000  # WAL pages after which apply() checkpoints (SQLite's own default)
 
 
 @dataclass(slots=True)
@@ -105,6 +114,39 @@ class _Replay:
     result: StatementResult
     rng_state: Any  # the PRNG after the statement (None: no draw yet in this entry)
     counters: _Counters | None  # the connection counters after it (None: leave them)
+
+
+class _OverBudget(Exception):
+    """apply_within() ran out of time: undo the batch, the caller applies it elsewhere."""
+
+
+class _Budget:
+    """A progress handler: interrupts a connection's user SQL once `deadline` has passed."""
+
+    __slots__ = ("session", "deadline", "spent")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.deadline: float | None = None
+        self.spent = False
+
+    def __call__(self) -> bool:
+        deadline = self.deadline
+        if deadline is None or self.session.internal or perf_counter() <= deadline:
+            return False  # raftsql's own statements are never interrupted
+        self.spent = True
+        return True
+
+    def start(self, seconds: float) -> None:
+        self.deadline = perf_counter() + seconds
+        self.spent = False
+
+    def over(self) -> bool:
+        return self.spent or (self.deadline is not None and perf_counter() > self.deadline)
+
+    def stop(self) -> None:
+        self.deadline = None
+        self.spent = False
 
 
 class _TransactionLost(Exception):
@@ -149,8 +191,10 @@ def _decode_command(data: Any) -> Command:
 class Database:
     """The SQLite database `raftsql serve` replicates (DATA_DIR/db.sqlite, WAL mode).
 
-    apply(), mark_applied() and restore() belong to the driver's apply thread; query() and
-    snapshot() may run on any thread, on read-only connections of their own.
+    apply(), apply_within(), mark_applied(), restore() and checkpoint() are called by one
+    thread at a time, in log order (the driver's apply thread, or its loop for
+    apply_within()); query(), query_within() and snapshot() may run on any thread, on
+    read-only connections of their own.
     """
 
     def __init__(self, path: str, *, readers: int = 4):
@@ -160,8 +204,14 @@ class Database:
         self._rng: random.Random | None = None
         self._seed = 0
         self._tc_offset = 0  # conn.total_changes() minus what user SQL sees as total_changes()
+        self._wal_pages = 0
         try:
             self._writer = Session(self._open_writer(), writer=True)
+            self._budget = _Budget(self._writer)
+            self._writer.conn.set_progress_handler(self._budget, _PROGRESS_STEPS)
+            # Tracking the WAL's size turns SQLite's automatic checkpoint off: apply() and
+            # checkpoint() do it instead, never apply_within() (a checkpoint can't be bounded).
+            self._writer.conn.set_wal_hook(self._on_wal_commit)
             self._register_functions()
             applied, counters = self._init_meta()
             self._set_counters(counters)
@@ -171,6 +221,7 @@ class Database:
         self._applied = applied
         self._dirty = False  # mark_applied() raised _applied past what raftsql_meta holds
         self._readers: queue.SimpleQueue[Session] = queue.SimpleQueue()
+        self._reader_budgets: dict[Session, _Budget] = {}
         self._reader_count = 0
         self._max_readers = readers
         self._pool_lock = threading.Lock()
@@ -197,7 +248,14 @@ class Database:
 
     def _open_reader(self) -> Session:
         conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
-        return Session(conn, writer=False)
+        session = Session(conn, writer=False)
+        budget = self._reader_budgets[session] = _Budget(session)
+        conn.set_progress_handler(budget, _PROGRESS_STEPS)
+        return session
+
+    def _on_wal_commit(self, conn: apsw.Connection, name: str, pages: int) -> int:
+        self._wal_pages = pages
+        return apsw.SQLITE_OK
 
     # ---- deterministic functions
 
@@ -289,12 +347,56 @@ class Database:
         applied_index() (already applied: replay after a restart is idempotent).
         """
         with self._lock:
-            results: list[Any] = [None] * len(entries)
-            todo = [(pos, index, data) for pos, (index, data) in enumerate(entries)
-                    if index > self._applied]
-            if todo or self._dirty:
-                self._apply_batch(_Batch(todo, results))
+            results = self._apply_locked(entries)
+            if self._wal_pages >= CHECKPOINT_PAGES:
+                self._checkpoint()
             return results
+
+    def apply_within(self, entries: list[tuple[int, bytes]], seconds: float) -> list[Any] | None:
+        """apply(), for a caller that must not be held up longer than `seconds` (an event
+        loop): None, with nothing applied, if it would take longer, if it holds a VACUUM
+        (which can't be undone), or if another thread is applying. The caller then applies
+        the same entries with apply(): the outcome is the same, since a batch that runs out
+        of time is rolled back to where it started, counters included. Never checkpoints:
+        see checkpoint_due()."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._budget.start(seconds)
+            try:
+                return self._apply_locked(entries)
+            except _OverBudget:
+                return None
+            finally:
+                self._budget.stop()
+        finally:
+            self._lock.release()
+
+    def checkpoint_due(self) -> bool:
+        """The WAL has grown enough that checkpoint() should run (on the apply thread)."""
+        return self._wal_pages >= CHECKPOINT_PAGES
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database, as SQLite's automatic checkpoint would."""
+        with self._lock:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        try:
+            self._writer.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except apsw.BusyError:
+            return  # a reader holds the WAL: the next one will do (as SQLite's own would)
+        except LOCAL_ERRORS as e:
+            raise StorageError(f"state machine: checkpoint: {type(e).__name__}: {e}") from e
+        self._wal_pages = 0
+
+    def _apply_locked(self, entries: list[tuple[int, bytes]]) -> list[Any]:
+        results: list[Any] = [None] * len(entries)
+        todo = [(pos, index, data) for pos, (index, data) in enumerate(entries)
+                if index > self._applied]
+        if todo or self._dirty:
+            self._apply_batch(_Batch(todo, results))
+        return results
 
     def _apply_batch(self, batch: _Batch) -> None:
         try:
@@ -309,6 +411,9 @@ class Database:
                 self._applied = index
                 batch.position += 1
             self._commit()
+        except _OverBudget:
+            self._undo(batch)
+            raise
         except BaseException as e:
             self._abandon_segment(batch)
             if isinstance(e, LOCAL_ERRORS):
@@ -334,6 +439,20 @@ class Database:
         self._write_meta()
         self._writer.exec_control("COMMIT")
         self._dirty = False
+
+    def _undo(self, batch: _Batch) -> None:
+        """Back to where an over-budget batch started, exactly: apply() redoes it next, and
+        must give what it would have given. Nothing was committed (a VACUUM, the one thing
+        that commits mid-batch, goes over budget before it runs)."""
+        assert batch.segment_start == 0
+        self._budget.stop()
+        self._applied = batch.segment_applied
+        try:
+            if self._writer.conn.in_transaction:
+                self._writer.exec_control("ROLLBACK")
+            self._set_counters(batch.segment_counters)
+        except apsw.Error as e:
+            raise StorageError(f"state machine: undoing a batch: {type(e).__name__}: {e}") from e
 
     def _abandon_segment(self, batch: _Batch) -> None:
         self._applied = batch.segment_applied
@@ -382,9 +501,16 @@ class Database:
             replay = batch.replays.get((pos, j))
             if replay is not None:
                 return self._replay(replay)
+        budget = self._budget
+        if budget.deadline is not None and budget.over():
+            raise _OverBudget  # checked between statements too: many short ones add up
         if first and type(stmt) is str and _VACUUM.fullmatch(stmt):
+            if budget.deadline is not None:
+                raise _OverBudget  # VACUUM commits what came before it: it can't be undone
             return self._vacuum(batch, pos, j)
         result = self._writer.run(stmt, mode)
+        if budget.spent:
+            raise _OverBudget  # the statement was interrupted: its error is not its outcome
         if result.error is not None and not self._writer.conn.in_transaction:
             rng = self._rng
             replay = _Replay(result, rng.getstate() if rng else None, self._counters())
@@ -435,6 +561,38 @@ class Database:
             return run_reads(session, stmts, transaction)
         finally:
             self._release_reader(session)
+
+    def query_within(self, stmts: list[Any], transaction: bool, seconds: float
+                     ) -> list[StatementResult] | None:
+        """query(), for a caller that must not be held up longer than `seconds` (an event
+        loop): None if it would take longer, or if no read connection is free right now."""
+        session = self._try_acquire_reader()
+        if session is None:
+            return None
+        budget = self._reader_budgets[session]
+        budget.start(seconds)
+        try:
+            results = run_reads(session, stmts, transaction)
+            return None if budget.spent else results  # spent: a statement was interrupted
+        finally:
+            budget.stop()
+            self._release_reader(session)
+
+    def _try_acquire_reader(self) -> Session | None:
+        if self._closed:
+            raise RaftSQLError("store not open")
+        with contextlib.suppress(queue.Empty):
+            return self._readers.get_nowait()
+        with self._pool_lock:
+            if self._reader_count >= self._max_readers:
+                return None
+            self._reader_count += 1
+        try:
+            return self._open_reader()
+        except BaseException:
+            with self._pool_lock:
+                self._reader_count -= 1
+            raise
 
     def _acquire_reader(self) -> Session:
         if self._closed:

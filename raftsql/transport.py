@@ -3,17 +3,24 @@
 Each node dials every peer for its OUTGOING messages (GET /raft/stream, upgraded to a
 WebSocket) and accepts the peers' streams for its INCOMING ones: two sockets per pair.
 
-Outbound, `send()` only appends to the peer's bounded queue (the oldest messages are dropped
-when it is full: Raft tolerates loss) and wakes that peer's writer task, which drains
-everything queued into ONE binary frame (`raft/codec.py`). At most `window` frames are
-unacknowledged at a time (the prototype measured that 1-2 batches in flight give bigger
-batches and more throughput than deep pipelining); messages queued meanwhile join the next
-frame. Frames larger than `chunk_size` (snapshots) go as chunks, reassembled by the
-receiver. The writer reconnects with exponential back-off; one peer's trouble never
-touches another's queue or task.
+Outbound, `send()` appends to the peer's bounded queue (the oldest messages are dropped
+when it is full: Raft tolerates loss), then sends everything queued as ONE binary frame
+(`raft/codec.py`): written at once when the peer's stream is idle, else by the peer's writer
+task, which also sends keep-alives, chunks frames larger than `chunk_size` (snapshots; the
+receiver reassembles them) and waits for a slow peer's socket to drain; messages queued
+meanwhile join its next frame. The transport does not limit frames in flight: the Raft core
+already keeps at most `max_inflight` APPEND batches unanswered per follower (the prototype
+measured that 1-2 batches in flight give bigger batches and more throughput than deep
+pipelining), and TCP's flow control holds the writer back when a peer reads slowly. The
+writer reconnects with exponential back-off; one peer's trouble never touches another's
+queue or task.
 
-Inbound, every complete frame is decoded and handed to `deliver()` synchronously, then
-acknowledged with a cumulative count. A bad frame closes that stream, never the node.
+Inbound, every complete frame is decoded and handed to `deliver()` synchronously. The
+receiver acknowledges frames with a cumulative count, at most once per `ack_delay`: an ack
+proves the peer alive and its stream moving (a stream whose frames stay unacknowledged for
+`peer_timeout` is redialed), and sending one per frame would cost a message, and a wake-up
+of the sender, for every Raft message. A keep-alive (an empty frame) is acknowledged at
+once. A bad frame closes that stream, never the node.
 
 The cluster secret and the protocol version are checked on every peer request (the
 upgrade and each RPC). Small request/response RPCs (join, info) are served at
@@ -66,14 +73,16 @@ RpcHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 _SNAPSHOT = MessageType.SNAPSHOT
 _BINARY = WSMsgType.BINARY
+_DIRECT_LIMIT = 1 << 16  # bytes buffered for a socket beyond which `send()` leaves it be
 # Errors a handler may raise that `call()` re-raises as the same type on the caller's side.
 _REMOTE_ERRORS = ("NotLeaderError", "LeadershipLostError", "ClusterError")
 
 
 class _Link:
-    """One live outbound WebSocket and its flow-control counters (frames, not messages)."""
+    """One live outbound WebSocket and its counters (frames, not messages)."""
 
-    __slots__ = ("ws", "sent", "acked", "progress_at", "last_send", "ping")
+    __slots__ = ("ws", "sent", "acked", "progress_at", "last_send", "ping", "write_now",
+                 "sending", "backlog")
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, now: float) -> None:
         self.ws = ws
@@ -82,11 +91,43 @@ class _Link:
         self.progress_at = now  # last ack, or when the oldest unacked frame was sent
         self.last_send = now
         self.ping = True  # send an empty frame to prove liveness: at once, then when idle
+        self.write_now = _frame_writer(ws)
+        self.sending = False  # the writer task is sending a frame (it may be waiting)
+        self.backlog: bytes | None = None  # a frame `send()` left to the writer task
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is being sent: a frame written now keeps the stream in order."""
+        return not self.sending and self.backlog is None
+
+
+def _frame_writer(ws: aiohttp.ClientWebSocketResponse) -> Callable[[bytes], bool] | None:
+    """A function writing one binary frame to `ws` at once, or None if aiohttp has none.
+
+    `send()` writes frames itself when the stream is idle, rather than waking the peer's
+    writer task: on a busy node the task switch costs more than the write. The function
+    returns False, writing nothing, when the socket's buffer is over `_DIRECT_LIMIT` bytes
+    (the writer task then waits for it to drain). aiohttp's writer has no public
+    synchronous method: without the one used here, every frame goes through the task.
+    """
+    writer = getattr(ws, "_writer", None)
+    write = getattr(writer, "_write_websocket_frame", None)
+    transport = getattr(writer, "transport", None)
+    if write is None or transport is None or getattr(writer, "compress", 0):
+        return None
+
+    def write_now(frame: bytes) -> bool:
+        if transport.is_closing() or transport.get_write_buffer_size() > _DIRECT_LIMIT:
+            return False
+        write(frame, _BINARY, 0)
+        return True
+
+    return write_now
 
 
 class _Peer:
     __slots__ = ("node_id", "addr", "queue", "wake", "task", "link", "last_heard",
-                 "dropped", "reported_drops", "failures")
+                 "dropped", "reported_drops", "failures", "touched")
 
     def __init__(self, node_id: str, addr: str, max_queue: int) -> None:
         self.node_id = node_id
@@ -99,24 +140,37 @@ class _Peer:
         self.dropped = 0
         self.reported_drops = 0
         self.failures = 0  # consecutive failed dials, to log the first one only
+        self.touched = False  # `send()` queued messages for it and has yet to flush them
 
 
 class _Acker:
-    """Sends cumulative acks for one inbound stream; frames read in a burst share one ack."""
+    """Sends cumulative acks for one inbound stream: one per `delay` covers every frame read
+    meanwhile, and a keep-alive frame is acknowledged at once."""
 
-    __slots__ = ("count", "wake", "task")
+    __slots__ = ("count", "urgent", "wake", "task")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, delay: float) -> None:
         self.count = 0
+        self.urgent = False
         self.wake = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self._run(ws))
+        self.task = asyncio.get_running_loop().create_task(self._run(ws, delay))
 
-    async def _run(self, ws: web.WebSocketResponse) -> None:
+    def note(self, keepalive: bool) -> None:
+        """One more frame was delivered."""
+        self.count += 1
+        if keepalive:
+            self.urgent = True
+        self.wake.set()
+
+    async def _run(self, ws: web.WebSocketResponse, delay: float) -> None:
         acked = 0
         try:
             while True:
                 await self.wake.wait()
+                if not self.urgent:
+                    await asyncio.sleep(delay)
                 self.wake.clear()
+                self.urgent = False
                 if self.count != acked:
                     acked = self.count
                     await ws.send_bytes(encode_ack(acked))
@@ -136,7 +190,7 @@ class Transport:
         attach_snapshot: Callable[[Message], Message] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_queue: int = 256,
-        window: int = 2,
+        ack_delay: float = 0.02,
         chunk_size: int = CHUNK_SIZE,
         max_frame_size: int = MAX_FRAME_SIZE,
         keepalive: float = 1.0,
@@ -154,7 +208,7 @@ class Transport:
         self._ssl = ssl_context
         self._scheme = "https" if ssl_context is not None else "http"
         self._max_queue = max_queue
-        self._window = window
+        self._ack_delay = ack_delay
         self._chunk_size = chunk_size
         self._max_frame_size = max_frame_size
         self._keepalive = keepalive
@@ -250,8 +304,10 @@ class Transport:
     # ---- outbound: the hot path --------------------------------------------------------
 
     def send(self, messages: list[Message]) -> None:
-        """Queue `messages` for their peers. Never blocks, never raises."""
+        """Send `messages` to their peers: at once when a peer's stream is idle, else queued
+        for its writer task (one frame per peer either way). Never blocks, never raises."""
         peers = self._peers
+        touched: list[_Peer] = []
         try:
             for m in messages:
                 peer = peers.get(m.to)
@@ -262,9 +318,31 @@ class Transport:
                 if len(queue) == self._max_queue:
                     peer.dropped += 1  # the deque drops its oldest message
                 queue.append(m)
-                peer.wake.set()
+                if not peer.touched:
+                    peer.touched = True
+                    touched.append(peer)
+            for peer in touched:
+                peer.touched = False
+                self._flush(peer)
         except Exception:
+            for peer in touched:
+                peer.touched = False
             log.exception("node=%s send failed; messages dropped", self.node_id)
+
+    def _flush(self, peer: _Peer) -> None:
+        """Write what is queued for `peer` as one frame now, or wake its writer task."""
+        link = peer.link
+        if link is None or link.write_now is None or not link.idle:
+            peer.wake.set()
+            return
+        batch = list(peer.queue)
+        peer.queue.clear()
+        frame = self._frame(link, batch)
+        if frame is None:
+            return
+        if len(frame) > self._chunk_size or not link.write_now(frame):
+            link.backlog = frame  # too large for one message, or the socket is backed up
+            peer.wake.set()
 
     def _spawn(self, peer: _Peer) -> None:
         if peer.task is not None:
@@ -327,42 +405,54 @@ class Transport:
                 self.node_id, peer.node_id, peer.addr, reason)
 
     async def _pump(self, peer: _Peer, link: _Link) -> None:
-        """Send queued messages as frames while the stream lives."""
+        """Send what `send()` did not (while the stream lives): keep-alives, queued messages,
+        chunked frames, and frames that must wait for the socket to drain."""
         reader = asyncio.get_running_loop().create_task(self._read_acks(peer, link))
         peer.link = link
-        queue, wake, window = peer.queue, peer.wake, self._window
+        queue, wake = peer.queue, peer.wake
         try:
             while not reader.done():
-                room = link.sent - link.acked < window
-                if queue and room:
-                    batch = list(queue)
+                if link.backlog is not None:
+                    frame: bytes | None = link.backlog
+                    link.backlog = None
+                elif queue:
+                    frame = self._frame(link, list(queue))
                     queue.clear()
-                elif link.ping and room:
-                    batch = []
+                elif link.ping:
+                    frame = self._frame(link, [])
                 else:
                     wake.clear()
                     await wake.wait()
                     continue
-                link.ping = False
-                await self._send_batch(link, batch)
+                if frame is None:
+                    continue
+                link.sending = True
+                try:
+                    await self._write(link.ws, frame)
+                finally:
+                    link.sending = False
         finally:
             await self._close_quietly(link.ws)  # ends the reader's receive loop
             reader.cancel()
 
-    async def _send_batch(self, link: _Link, batch: list[Message]) -> None:
+    def _frame(self, link: _Link, batch: list[Message]) -> bytes | None:
+        """Encode `batch` as the stream's next frame (None, logged, if it cannot be)."""
         if self._attach is not None:
             batch = self._attach_snapshots(batch)
         try:
             frame = encode_batch(batch)
         except Exception:
             log.exception("node=%s cannot encode %d messages; dropped", self.node_id, len(batch))
-            return
+            return None
         now = self._now()
         if link.sent == link.acked:
             link.progress_at = now
         link.last_send = now
         link.sent += 1
-        ws = link.ws
+        link.ping = False
+        return frame
+
+    async def _write(self, ws: aiohttp.ClientWebSocketResponse, frame: bytes) -> None:
         if len(frame) <= self._chunk_size:
             await ws.send_bytes(frame)
         else:
@@ -391,8 +481,6 @@ class Transport:
                     raise ValueError(f"unexpected {msg.type.name} message: {msg.data!r:.200}")
                 link.acked = decode_ack(msg.data)
                 link.progress_at = peer.last_heard = self._now()
-                if peer.queue:  # the writer may be waiting for room in the window
-                    peer.wake.set()
         except Exception as exc:
             log.warning("node=%s bad reply on stream to peer=%s: %s", self.node_id,
                         peer.node_id, exc)
@@ -467,7 +555,7 @@ class Transport:
 
     async def _receive(self, ws: web.WebSocketResponse, frm: str) -> None:
         assembler = FrameAssembler(self._max_frame_size)
-        acker = _Acker(ws)
+        acker = _Acker(ws, self._ack_delay)
         peers = self._peers
         try:
             async for msg in ws:
@@ -482,8 +570,7 @@ class Transport:
                     peer.last_heard = self._now()
                 if messages:
                     self._deliver_safely(messages)
-                acker.count += 1
-                acker.wake.set()
+                acker.note(keepalive=not messages)
         except ValueError as exc:
             log.warning("node=%s bad frame from peer=%s (%s); closing its stream",
                         self.node_id, frm, exc)

@@ -11,6 +11,7 @@ from raftsql.errors import NotLeaderError
 from raftsql.launcher import free_ports
 from raftsql.node import Node, NodeConfig
 from raftsql.raft.messages import Role
+from raftsql.raft.storage import Storage
 
 
 class Counter:
@@ -104,3 +105,91 @@ async def test_leader_stop_hands_over_and_cluster_keeps_working(nodes):
     await new.propose(b"after=1")
     await wait_for(lambda: all(n.database.data.get("after") == "1" for n in rest))
     assert new.term > 0 and new.leader_id == new.node_id
+
+
+async def test_reads_that_arrive_together_share_one_read_index(nodes):
+    await wait_for(lambda: leader_of(nodes) is not None)
+    leader = leader_of(nodes)
+    await leader.propose(b"a=1")
+    before = leader._read_seq
+    await asyncio.gather(*(leader.read_barrier("linearizable") for _ in range(20)))
+    assert 1 <= leader._read_seq - before <= 2  # one ReadIndex round, not twenty
+
+
+# ---- the hot path on a single node with the real state machine ------------------------------
+
+
+class CountingStorage(Storage):
+    syncs = 0
+
+    def sync(self) -> None:
+        CountingStorage.syncs += 1
+        super().sync()
+
+
+@pytest.fixture
+async def single(tmp_path, monkeypatch):
+    monkeypatch.setattr("raftsql.node.Storage", CountingStorage)
+    (port,) = free_ports(1)
+    node = Node(NodeConfig(data_dir=str(tmp_path / "n1"), http_addr=f"127.0.0.1:{port}",
+                           heartbeat_ms=20, election_ms=200))
+    await node.start()
+    await wait_for(lambda: node.is_leader)
+    await node.execute(["CREATE TABLE t (x)"])
+    yield node
+    await node.stop(transfer=False)
+
+
+async def test_a_ready_that_only_commits_is_not_fsynced(single):
+    before = CountingStorage.syncs
+    for i in range(20):
+        await single.execute([["INSERT INTO t VALUES(?)", i]])
+    assert CountingStorage.syncs - before <= 22  # one per write: none for its commit
+
+
+SLOW = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) "
+        "SELECT count(*) FROM n")
+
+
+async def test_writes_and_reads_on_the_loop_or_on_threads_give_the_same_results(single):
+    results, _ = await single.execute([["INSERT INTO t VALUES(?)", 1], f"INSERT INTO t {SLOW}"])
+    assert [r.rows_affected for r in results] == [1, 1]
+    assert single._inline_apply_off_until > 0  # it ran out of time on the loop: redone on a thread
+    single._inline_apply_off_until = single._inline_query_off_until = float("inf")
+    results, _ = await single.execute([["INSERT INTO t VALUES(?)", 2]])
+    assert results[0].last_insert_id == 3
+    queries = [single.query([["SELECT count(*) FROM t WHERE x >= ?", k]]) for k in range(30)]
+    counts = [r[0].rows[0][0] for r in await asyncio.gather(*queries, single.query([SLOW]))]
+    assert counts == [3, 3, 2] + [1] * 27 + [300000]
+    single._inline_apply_off_until = single._inline_query_off_until = 0.0
+    assert (await single.query([SLOW]))[0].rows == [(300000,)]
+    assert single._inline_query_off_until > 0
+    assert (await single.query(["SELECT count(*) FROM t"]))[0].rows == [(3,)]
+
+
+async def test_torn_bootstrap_is_written_again(tmp_path):
+    """A crash inside the first write can keep bootstrap entries but lose the hard state;
+    the node must not restart as a one-voter cluster of itself."""
+    import os
+
+    from raftsql.raft.messages import ConfChange, ConfChangeType, Entry, EntryType
+    from raftsql.raft.storage import Storage
+
+    data = tmp_path / "n1"
+    os.makedirs(data)
+    torn = Storage(str(data / "raft"))
+    torn.append([Entry(1, 1, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.ADD_VOTER, "n1").encode())])
+    torn.sync()
+    torn.close()
+    ports = free_ports(3)
+    initial = {f"n{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    node = Node(NodeConfig(node_id="n1", data_dir=str(data), http_addr=initial["n1"],
+                           initial_cluster=initial, heartbeat_ms=20, election_ms=100),
+                state_machine=Counter())
+    await node.start()
+    try:
+        await asyncio.sleep(0.6)  # several election timeouts with no peers up
+        assert node.conf.voters == ("n1", "n2", "n3")
+        assert not node.is_leader
+    finally:
+        await node.stop(transfer=False)

@@ -407,6 +407,79 @@ def test_vacuum_runs_when_it_starts_a_command(db):
     assert db.applied_index() == 4
 
 
+# ---- time budgets (apply_within, query_within) ---------------------------------------------
+
+# ~0.2 s: far over a budget of 0.01 s, and still quick to run for real.
+SLOW = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) "
+        "INSERT INTO log SELECT count(*) FROM n")
+
+
+def test_apply_within_budget_is_apply(tmp_path):
+    entries = numbered(NONDETERMINISTIC)
+    expected = apply_in_batches(str(tmp_path / "a.sqlite"), entries, [])
+    with Database(str(tmp_path / "b.sqlite")) as d:
+        results = d.apply_within(entries, 60.0)
+        assert d.applied_index() == len(entries)
+    assert outcome(results) == outcome(expected)
+    assert dump(str(tmp_path / "b.sqlite")) == dump(str(tmp_path / "a.sqlite"))
+
+
+def test_a_batch_over_budget_leaves_no_trace(tmp_path):
+    # The second batch runs out of time in its last entry, after a rollback conflict was
+    # replayed and random() drawn: apply() then gives exactly what a database that never
+    # tried gives, counters included.
+    first = numbered(NONDETERMINISTIC)
+    second = numbered([
+        {"stmts": ["CREATE TABLE u (k INTEGER PRIMARY KEY ON CONFLICT ROLLBACK)",
+                   "INSERT INTO u VALUES(1)", "INSERT INTO u VALUES(1)",
+                   "INSERT INTO t(r) VALUES(random())"], "seed": 11},
+        {"stmts": ["INSERT INTO log VALUES(changes()), (last_insert_rowid()), (total_changes())",
+                   SLOW]},
+        {"stmts": ["INSERT INTO log VALUES(changes()), (last_insert_rowid()), (total_changes())"]},
+    ], first=len(first) + 1)
+    with Database(str(tmp_path / "a.sqlite")) as a, Database(str(tmp_path / "b.sqlite")) as b:
+        a.apply(first)
+        b.apply(first)
+        assert b.apply_within(second, 0.01) is None
+        assert b.applied_index() == len(first)
+        assert dump(str(tmp_path / "b.sqlite")) == dump(str(tmp_path / "a.sqlite"))
+        assert outcome(b.apply(second)) == outcome(a.apply(second))
+    assert dump(str(tmp_path / "b.sqlite")) == dump(str(tmp_path / "a.sqlite"))
+
+
+def test_apply_within_leaves_vacuum_to_apply(db):
+    one(db, 1, ["CREATE TABLE t (x)"])
+    assert db.apply_within([entry(2, ["INSERT INTO t VALUES(1)"]), entry(3, ["VACUUM"])],
+                           60.0) is None
+    assert db.applied_index() == 1
+    assert rows(db, "SELECT count(*) FROM t") == [(0,)]
+
+
+def test_query_within_budget(db):
+    one(db, 1, ["CREATE TABLE t (x)", "INSERT INTO t VALUES(1)"])
+    (r,) = db.query_within(["SELECT x FROM t"], False, 60.0)
+    assert r.rows == [(1,)]
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000000) "
+            "SELECT count(*) FROM n")
+    assert db.query_within(["SELECT x FROM t", slow], True, 0.01) is None
+    assert db.query_within(["SELECT x FROM t"], True, 60.0)[0].rows == [(1,)]  # usable again
+
+
+def test_the_wal_is_checkpointed_by_apply_not_apply_within(db):
+    one(db, 1, ["CREATE TABLE t (x)"])
+    blob = "x" * 3000
+    index = 2
+    while not db.checkpoint_due():
+        assert db.apply_within([entry(index, [["INSERT INTO t VALUES(?)", blob]])], 60.0)
+        index += 1
+    db.checkpoint()
+    assert not db.checkpoint_due()
+    for _ in range(index):
+        one(db, index, [["INSERT INTO t VALUES(?)", blob]])
+        index += 1
+    assert not db.checkpoint_due()  # apply() checkpoints as it goes, as SQLite would
+
+
 # ---- parameters ------------------------------------------------------------------------
 
 

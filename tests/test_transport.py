@@ -313,6 +313,45 @@ async def test_a_peer_that_stops_acknowledging_is_redialed(nodes):
         await runner.cleanup()
 
 
+async def test_frames_written_at_once_and_by_the_writer_task_keep_their_order(nodes):
+    # send() writes a frame itself when the stream is idle; a frame too large for one
+    # WebSocket message goes through the writer task, and what follows it must wait for it.
+    a, b = await nodes("a", chunk_size=4096), await nodes("b")
+    connect(a, b)
+    await until(lambda: a.transport.reachable("b"))
+    index = 0
+    for size in (10, 10, 50_000, 10, 10, 20_000, 10):
+        a.transport.send([append("a", "b", index, b"d" * size)])
+        index += 1
+    await until(lambda: len(b.received) == index)
+    assert [m.index for m in b.received] == list(range(index))
+    assert [len(m.entries[0].data) for m in b.received] == [10, 10, 50_000, 10, 10, 20_000, 10]
+
+
+async def test_acks_are_cumulative_and_shared_by_frames_read_together(nodes):
+    b = await nodes("b", ack_delay=0.5)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://{b.addr}{STREAM_PATH}", headers=headers())
+        for i in range(20):
+            await ws.send_bytes(encode_batch([append("raw", "b", i)]))
+        acks = [decode_ack((await ws.receive(timeout=5.0)).data)]
+        while acks[-1] < 20:
+            acks.append(decode_ack((await ws.receive(timeout=5.0)).data))
+        assert len(acks) <= 3
+        await ws.close()
+    assert [m.index for m in b.received] == list(range(20))
+
+
+async def test_a_keepalive_is_acknowledged_at_once(nodes):
+    b = await nodes("b", ack_delay=60.0)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://{b.addr}{STREAM_PATH}", headers=headers())
+        await ws.send_bytes(encode_batch([append("raw", "b", 0)]))
+        await ws.send_bytes(encode_batch([]))
+        assert decode_ack((await ws.receive(timeout=5.0)).data) == 2  # not a minute later
+        await ws.close()
+
+
 # ---- snapshots --------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """Benchmark a 3-node raftsql cluster of real processes against baselines from the same run.
 
-    python tools/bench.py [--seconds 5] [--nodes 3]
+    python tools/bench.py [--seconds 5] [--nodes 3] [--only W1,W2] [--profile DIR]
 
 Workloads (each bounded in time):
   W1 sequential single-row INSERTs from 1 client
@@ -10,18 +10,30 @@ Workloads (each bounded in time):
 Baselines, measured in the same run on the same machine:
   apsw:  local apsw INSERTs, each its own transaction, synchronous=FULL (one fsync per commit)
   http:  the same client against a trivial aiohttp endpoint (the client and HTTP overhead alone)
-Figures are printed as ops/s, p50/p99 latency, and ratios to the baselines.
+Figures are printed as ops/s, p50/p99 latency, the CPU time (user + system, all threads)
+each node used per request (per 1000-row request for W3), and ratios to the baselines.
+The machine is shared by the nodes and the load generator: on a busy one, run the whole
+benchmark under `chrt -f 10` (see docs/performance.md) to keep other processes out of it.
+
+--profile DIR records the leader and one follower with py-spy (`pip install py-spy`) during
+each workload: DIR/<workload>-<role>.txt, collapsed stacks with thread names and idle time
+(feed them to flamegraph.pl or speedscope, or grep them). --keep DIR keeps the nodes' data
+and logs there instead of in a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import apsw
@@ -36,6 +48,7 @@ class Result:
     def __init__(self, name: str, ops: int, seconds: float, latencies: list[float], unit: str = "ops"):
         self.name, self.ops, self.seconds, self.unit = name, ops, seconds, unit
         self.latencies = sorted(latencies)
+        self.cpu: dict[str, float] = {}  # role -> CPU seconds (user + system) the run used
 
     @property
     def rate(self) -> float:
@@ -47,8 +60,23 @@ class Result:
         return self.latencies[min(len(self.latencies) - 1, int(p * len(self.latencies)))] * 1000
 
     def line(self) -> str:
-        return (f"{self.name:<34} {self.rate:>10.0f} {self.unit}/s   p50 {self.pct(0.5):7.2f} ms"
+        text = (f"{self.name:<34} {self.rate:>10.0f} {self.unit}/s   p50 {self.pct(0.5):7.2f} ms"
                 f"   p99 {self.pct(0.99):7.2f} ms")
+        if self.cpu and self.ops:
+            requests = self.ops / 1000 if self.unit == "rows" else self.ops
+            text += "   CPU ms/request: " + " ".join(
+                f"{role} {1000 * sec / requests:.2f}" for role, sec in self.cpu.items())
+        return text
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads (Linux /proc), else 0."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_clients(clients: int, seconds: float, op: Callable[[int], Awaitable[int]]) -> tuple[int, list[float]]:
@@ -74,9 +102,13 @@ async def run_clients(clients: int, seconds: float, op: Callable[[int], Awaitabl
 async def post(session: aiohttp.ClientSession, url: str, body: object) -> dict:
     async with session.post(url, data=orjson.dumps(body),
                             headers={"Content-Type": "application/json"}) as resp:
-        data = orjson.loads(await resp.read())
-    if resp.status != 200 or data.get("error") or any("error" in r for r in data.get("results", [])):
-        raise RuntimeError(f"request failed: {resp.status} {data}")
+        raw = await resp.read()
+    try:
+        data = orjson.loads(raw) if resp.status == 200 else None
+    except orjson.JSONDecodeError:
+        data = None
+    if type(data) is not dict or data.get("error") or any("error" in r for r in data.get("results", [])):
+        raise RuntimeError(f"request to {url} failed: {resp.status} {raw[:300]!r}")
     return data
 
 
@@ -86,7 +118,11 @@ async def workload(name: str, clients: int, seconds: float, op, unit: str = "ops
     return Result(name, ops, time.perf_counter() - t0, lat, unit)
 
 
-async def bench_cluster(url: str, seconds: float) -> dict[str, Result]:
+Profiler = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+async def bench_cluster(url: str, seconds: float, only: set[str], profile: Profiler,
+                        pids: dict[str, int]) -> dict[str, Result]:
     connector = aiohttp.TCPConnector(limit=128)
     async with aiohttp.ClientSession(connector=connector) as s:
         await post(s, url + "/db/execute", ["CREATE TABLE IF NOT EXISTS b (id INTEGER PRIMARY KEY, v TEXT)"])
@@ -104,12 +140,23 @@ async def bench_cluster(url: str, seconds: float) -> dict[str, Result]:
             await post(s, url + "/db/query?level=linearizable", [["SELECT v FROM b WHERE id = ?", seq % 100 + 1]])
             return 1
 
-        return {
-            "W1": await workload("W1 insert, 1 client", 1, seconds, insert),
-            "W2": await workload("W2 insert, 64 clients", 64, seconds, insert),
-            "W3": await workload("W3 bulk 1000 rows, 1 client", 1, seconds, bulk, "rows"),
-            "W4": await workload("W4 linearizable read, 64 clients", 64, seconds, read),
-        }
+        # W4 reads rows 1..100: make sure they exist even when W1-W3 are not run.
+        await post(s, url + "/db/execute?transaction",
+                   [["INSERT OR IGNORE INTO b(id, v) VALUES(?, ?)", i, "seed"] for i in range(1, 101)])
+        plan = [
+            ("W1", "W1 insert, 1 client", 1, insert, "ops"),
+            ("W2", "W2 insert, 64 clients", 64, insert, "ops"),
+            ("W3", "W3 bulk 1000 rows, 1 client", 1, bulk, "rows"),
+            ("W4", "W4 linearizable read, 64 clients", 64, read, "ops"),
+        ]
+        results = {}
+        for key, name, clients, op, unit in plan:
+            if key in only:
+                before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+                with profile(key):
+                    results[key] = r = await workload(name, clients, seconds, op, unit)
+                r.cpu = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+        return results
 
 
 def bench_apsw(seconds: float) -> Result:
@@ -156,33 +203,85 @@ async def bench_trivial_http(seconds: float) -> dict[str, Result]:
         await runner.cleanup()
 
 
+@contextlib.contextmanager
+def no_profile(key: str) -> Iterator[None]:
+    yield
+
+
+def py_spy_profiler(cluster: LocalCluster, leader: str, out_dir: str) -> Profiler:
+    """Record the leader and one follower with py-spy while a workload runs."""
+    if shutil.which("py-spy") is None:
+        raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+    os.makedirs(out_dir, exist_ok=True)
+    targets = [("leader", leader)] + [("follower", i) for i in cluster.ids if i != leader][:1]
+
+    @contextlib.contextmanager
+    def profile(key: str) -> Iterator[None]:
+        spies = [
+            subprocess.Popen(["py-spy", "record", "--pid", str(cluster.procs[node_id].pid),
+                              "--format", "raw", "--threads", "--idle", "--rate", "500",
+                              "--output", os.path.join(out_dir, f"{key}-{role}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for role, node_id in targets
+        ]
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            for spy in spies:
+                spy.wait(timeout=30)
+
+    return profile
+
+
+def ratio(a: Result | None, b: Result | None) -> str:
+    return f"{a.rate / b.rate:6.2f}" if a and b and b.rate else "     -"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each workload")
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--only", default="W1,W2,W3,W4", help="workloads to run, e.g. W1,W2")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the apsw and http baselines")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the leader and a follower into DIR")
+    parser.add_argument("--keep", metavar="DIR", help="keep the nodes' data and logs in DIR")
     args = parser.parse_args()
+    only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
 
-    apsw_base = bench_apsw(args.seconds)
-    http_base = asyncio.run(bench_trivial_http(args.seconds))
-    with tempfile.TemporaryDirectory() as d:
+    apsw_base = http_base = None
+    if not args.no_baselines:
+        apsw_base = bench_apsw(args.seconds)
+        http_base = asyncio.run(bench_trivial_http(args.seconds))
+    with contextlib.ExitStack() as stack:
+        d = args.keep or stack.enter_context(tempfile.TemporaryDirectory())
         cluster = LocalCluster(args.nodes, d)
         cluster.start()
         try:
             leader = cluster.leader(timeout=30)
-            results = asyncio.run(bench_cluster(cluster.url(leader), args.seconds))
+            profile = py_spy_profiler(cluster, leader, args.profile) if args.profile else no_profile
+            followers = [i for i in cluster.ids if i != leader]
+            pids = {"leader": cluster.procs[leader].pid,
+                    **{f"f{n}": cluster.procs[i].pid for n, i in enumerate(followers, 1)}}
+            results = asyncio.run(bench_cluster(cluster.url(leader), args.seconds, only, profile, pids))
         finally:
             cluster.stop()
 
     print(f"raftsql benchmark: {args.nodes} nodes on this machine ({os.cpu_count()} cores), "
           f"{args.seconds:g}s per workload")
-    for r in [apsw_base, *http_base.values(), *results.values()]:
-        print(r.line())
+    for r in [apsw_base, *(http_base or {}).values(), *results.values()]:
+        if r is not None:
+            print(r.line())
+    if http_base is None:
+        return 0
+    w1, w2, w4 = results.get("W1"), results.get("W2"), results.get("W4")
     print("ratios:")
-    print(f"  W1 / apsw fsync-per-insert      {results['W1'].rate / apsw_base.rate:6.2f}")
-    print(f"  W1 / trivial http, 1 client     {results['W1'].rate / http_base['1'].rate:6.2f}")
-    print(f"  W2 / trivial http, 64 clients   {results['W2'].rate / http_base['64'].rate:6.2f}")
-    print(f"  W2 / W1 (group commit gain)     {results['W2'].rate / results['W1'].rate:6.2f}")
-    print(f"  W4 / trivial http, 64 clients   {results['W4'].rate / http_base['64'].rate:6.2f}")
+    print(f"  W1 / apsw fsync-per-insert      {ratio(w1, apsw_base)}")
+    print(f"  W1 / trivial http, 1 client     {ratio(w1, http_base['1'])}")
+    print(f"  W2 / trivial http, 64 clients   {ratio(w2, http_base['64'])}")
+    print(f"  W2 / W1 (group commit gain)     {ratio(w2, w1)}")
+    print(f"  W4 / trivial http, 64 clients   {ratio(w4, http_base['64'])}")
     return 0
 
 

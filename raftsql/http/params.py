@@ -106,6 +106,8 @@ class Params:
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> Params:
+        if not query:
+            return _NO_PARAMS
         raw: dict[str, str] = {}
         for key, value in query.items():
             raw.setdefault(key, value)
@@ -141,17 +143,17 @@ class Params:
         return parse_int(self.raw[key])
 
     # The flags every data endpoint reads, named as rqlite names them.
-    transaction = property(lambda self: self.flag("transaction"))
-    timings = property(lambda self: self.flag("timings"))
-    pretty = property(lambda self: self.flag("pretty"))
-    associative = property(lambda self: self.flag("associative"))
-    blob_array = property(lambda self: self.flag("blob_array"))
-    redirect = property(lambda self: self.flag("redirect"))
-    queue = property(lambda self: self.flag("queue"))
-    wait = property(lambda self: self.flag("wait"))
-    noleader = property(lambda self: self.flag("noleader"))
-    raft_index = property(lambda self: self.flag("raft_index"))
-    freshness_strict = property(lambda self: self.flag("freshness_strict"))
+    transaction = property(lambda self: "transaction" in self.raw)
+    timings = property(lambda self: "timings" in self.raw)
+    pretty = property(lambda self: "pretty" in self.raw)
+    associative = property(lambda self: "associative" in self.raw)
+    blob_array = property(lambda self: "blob_array" in self.raw)
+    redirect = property(lambda self: "redirect" in self.raw)
+    queue = property(lambda self: "queue" in self.raw)
+    wait = property(lambda self: "wait" in self.raw)
+    noleader = property(lambda self: "noleader" in self.raw)
+    raft_index = property(lambda self: "raft_index" in self.raw)
+    freshness_strict = property(lambda self: "freshness_strict" in self.raw)
 
     @property
     def level(self) -> str:
@@ -176,3 +178,6 @@ class Params:
     @property
     def q(self) -> str | None:
         return self.raw.get("q")
+
+
+_NO_PARAMS = Params({})

@@ -58,13 +58,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, or 413 once it passes `limit` bytes (checked before reading)."""
     if request.content_length is not None and request.content_length > limit:
         raise HttpError(413, "request body too large")
+    content = request.content
     chunks, size = [], 0
     while True:
-        chunk = await request.content.read(1 << 16)
+        chunk = await content.read(1 << 16)
         if not chunk:
             break
         size += len(chunk)
         if size > limit:
             raise HttpError(413, "request body too large")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if content.is_eof():  # the common case: the whole body came in one read
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

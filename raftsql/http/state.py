@@ -32,9 +32,14 @@ class ApiState:
             self.session = aiohttp.ClientSession()
         return self.session
 
+    _served_here: tuple[str, str] = ("", "")  # (api_url, what served_here() answers for it)
+
     def served_here(self) -> str:
         """X-RQLITE-SERVED-BY for a request this node served: its API host:port."""
-        return urlsplit(self.node.api_url).netloc or self.node.api_url
+        api_url = self.node.api_url
+        if self._served_here[0] != api_url:
+            self._served_here = (api_url, urlsplit(api_url).netloc or api_url)
+        return self._served_here[1]
 
     def member(self, node_id: str | None) -> Any | None:
         if node_id is None:
