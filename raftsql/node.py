@@ -13,14 +13,16 @@ next requests meanwhile); other nodes fsync on the loop, since they can do nothi
 before it. Committed entries, and queries, run on the loop when the state machine finishes
 them within a 2 ms budget (SQLite is interrupted and the work undone if not), else on the
 apply thread and on read threads.
+
+The node owns its collaborators, each in its own module: the address book, bootstrap and
+joining (membership.py), the apply pipeline and snapshots (applier.py), the read path
+(reads.py), and request deadlines (waiting.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -28,64 +30,32 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
 from aiohttp import web
 
+from raftsql.applier import Applier, StateMachine
 from raftsql.command import Command, StatementResult
 from raftsql.errors import ClusterError, LeadershipLostError, NotLeaderError, RaftSQLError
+from raftsql.membership import Member, Membership, member_dict
 from raftsql.raft.core import Config, Raft
 from raftsql.raft.messages import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     Entry,
-    EntryType,
     HardState,
     Message,
     MessageType,
     Ready,
     Role,
-    Snapshot,
-    SnapshotMeta,
 )
 from raftsql.raft.storage import Storage
+from raftsql.reads import Reads
 from raftsql.transport import Transport
+from raftsql.waiting import Deadlines
+
+__all__ = ["Member", "Node", "NodeConfig", "StateMachine"]
 
 log = logging.getLogger("raftsql.node")
-
-# The loop applies a small batch (and runs a query) itself when it takes at most this long;
-# over it, the work is undone and handed to a thread, and for _INLINE_BACKOFF seconds all of
-# it goes to threads directly.
-_INLINE_BUDGET = 0.002
-_INLINE_BACKOFF = 1.0
-_INLINE_APPLY_BYTES = 16384  # larger batches go to the apply thread without trying
-_QUERY_THREADS = 4  # read threads (the state machine keeps as many read connections)
-_QUERY_SLICE = 0.002  # seconds a read thread works on a batch before sharing the rest
-
-
-class StateMachine(Protocol):
-    """What the driver replicates. Called by one thread at a time, in log order.
-
-    Optional, and used when present (raftsql.sqlite.Database has them): `apply_within(entries,
-    seconds)` and `query_within(statements, transaction, seconds)`, which return None, having
-    done nothing, rather than take longer than `seconds` (the driver then calls `apply` /
-    `query` on a thread); `query(statements, transaction)`; `checkpoint_due()` and
-    `checkpoint()`, run on the apply thread.
-    """
-
-    def applied_index(self) -> int: ...
-
-    def apply(self, entries: list[tuple[int, bytes]]) -> list[Any]: ...
-
-    def mark_applied(self, index: int) -> None: ...
-
-    def snapshot(self, path: str) -> int: ...
-
-    def restore(self, path: str) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -109,71 +79,6 @@ class NodeConfig:
     @property
     def api_url(self) -> str:
         return f"http://{self.http_addr}"
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    id: str
-    api_url: str
-    raft_addr: str
-    voter: bool
-
-
-class _Deadlines:
-    """Request timeouts, checked on every tick: cheaper than a timer per request (a request
-    may time out up to one heartbeat interval late)."""
-
-    def __init__(self) -> None:
-        self._items: list[tuple[float, asyncio.Future[Any]]] = []
-
-    def add(self, fut: asyncio.Future[Any], timeout: float) -> asyncio.Future[Any]:
-        self._items.append((fut.get_loop().time() + timeout, fut))
-        return fut
-
-    def expire(self, now: float) -> None:
-        """Fail the futures whose time is up with TimeoutError; forget the completed ones."""
-        keep = []
-        for item in self._items:
-            when, fut = item
-            if fut.done():
-                continue
-            if when <= now:
-                fut.set_exception(TimeoutError())
-            else:
-                keep.append(item)
-        self._items = keep
-
-
-class _Waiters:
-    """Futures keyed by log index, completed as the applied index passes them."""
-
-    def __init__(self) -> None:
-        self._items: list[tuple[int, asyncio.Future[None]]] = []
-
-    def add(self, index: int) -> asyncio.Future[None]:
-        fut = asyncio.get_running_loop().create_future()
-        self._items.append((index, fut))
-        return fut
-
-    def release(self, applied: int) -> None:
-        keep = []
-        for index, fut in self._items:
-            if index <= applied:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((index, fut))
-        self._items = keep
-
-    def fail(self, exc: Exception) -> None:
-        for _, fut in self._items:
-            if not fut.done():
-                fut.set_exception(exc)
-        self._items = []
-
-
-def _addr_context(raft_addr: str, api_url: str) -> bytes:
-    return orjson.dumps({"raft_addr": raft_addr, "api_url": api_url})
 
 
 class Node:
@@ -200,34 +105,15 @@ class Node:
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._persist_pool = ThreadPoolExecutor(1, thread_name_prefix=f"persist-{self.node_id}")
-        self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix=f"apply-{self.node_id}")
         self._wake = asyncio.Event()
         self._inbox: list[Message] = []
         self._calls: list[Callable[[], None]] = []
         self._ticks = 0
-        # Work for the apply thread, in log order: ("apply", entries) or ("restore", snapshot).
-        self._apply_backlog: list[tuple[str, Any]] = []
-        self._applying = False  # a batch (or a snapshot, or a checkpoint) is on the apply thread
-        self._inline_apply_off_until = 0.0  # loop time until which nothing is applied inline
-        self._inline_query_off_until = 0.0
         self._persist_submitted = self._persist_finished = 0  # jobs for the persist thread
         self._unsynced_hard_state: HardState | None = None  # commit moved; written by next sync
         self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
-        self._read_waiters: list[asyncio.Future[int]] = []  # for the next ReadIndex request
-        self._reads: dict[bytes, list[asyncio.Future[int]]] = {}  # ReadIndex context -> waiters
-        self._read_seq = 0
-        self._query_pool = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix=f"query-{self.node_id}")
-        self._query_backlog: collections.deque[tuple[list[Any], bool, asyncio.Future[Any]]] = (
-            collections.deque())
-        self._query_jobs = 0  # read threads working through the backlog
-        self._query_start_scheduled = False
-        self._applied_waiters = _Waiters()
-        self._deadlines = _Deadlines()
-        self._peers: dict[str, tuple[str, str]] = {}  # id -> (raft_addr, api_url)
-        self._peers_path = os.path.join(config.data_dir, "peers.json")
+        self._deadlines = Deadlines()
         self._last_contact: float | None = None
-        self._snapshot_index = 0
-        self._applied_term = 0
         self._stopping = False
         self._stopped = asyncio.Event()
         self._failed = asyncio.Event()
@@ -235,6 +121,9 @@ class Node:
         self.applied_index = 0
         self.role = Role.FOLLOWER
         self.leader_id: str | None = None
+        self._membership = Membership(self)  # the address book, bootstrap and joining
+        self._applier = Applier(self)  # committed entries and snapshots into the state machine
+        self._reads = Reads(self)  # ReadIndex and queries
 
     # ---- public state -------------------------------------------------------------
 
@@ -275,19 +164,10 @@ class Node:
             return None
         if self.leader_id == self.node_id:
             return self.api_url
-        peer = self._peers.get(self.leader_id)
-        return peer[1] if peer else None
+        return self._membership.api_url_of(self.leader_id)
 
     def members(self) -> list[Member]:
-        conf = self.conf
-        out = []
-        for node_id in conf.voters + conf.learners:
-            if node_id == self.node_id:
-                raft_addr, api_url = self.config.advertised_raft_addr, self.api_url
-            else:
-                raft_addr, api_url = self._peers.get(node_id, ("", ""))
-            out.append(Member(node_id, api_url, raft_addr, node_id in conf.voters))
-        return out
+        return self._membership.members(self.conf)
 
     def last_contact(self) -> float | None:
         """Seconds since this node last heard from its leader (0 on the leader)."""
@@ -299,11 +179,7 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         raft = self._raft
-        leader_addr = ""
-        if self.leader_id == self.node_id:
-            leader_addr = self.config.advertised_raft_addr
-        elif self.leader_id in self._peers:
-            leader_addr = self._peers[self.leader_id][0]
+        leader_addr = self._membership.raft_addr_of(self.leader_id)
         return {
             "node_id": self.node_id,
             "addr": self.config.advertised_raft_addr,
@@ -317,12 +193,12 @@ class Node:
                 "applied_index": self.applied_index,
                 "first_log_index": raft.first_index if raft else 0,
                 "last_log_index": raft.last_index if raft else 0,
-                "snapshot_index": self._snapshot_index,
+                "snapshot_index": self._applier.snapshot_index,
                 "voters": len(self.conf.voters),
                 "non_voters": len(self.conf.learners),
                 "quorum": self.quorum_size,
             },
-            "nodes": [_member_dict(m) for m in self.members()],
+            "nodes": [member_dict(m) for m in self.members()],
         }
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -336,19 +212,20 @@ class Node:
         self._storage = await self._in_persist(Storage, os.path.join(self.config.data_dir, "raft"))
         hs = self._storage.hard_state
         self._persisted_vote = (hs.term, hs.vote)
-        fresh = self._is_fresh()
+        membership = self._membership
+        fresh = membership.is_fresh()
         if fresh:
-            await self._bootstrap()
-        self._load_peers()
-        await self._recover_state_machine()
+            await membership.bootstrap()
+        membership.load()
+        await self._applier.recover()
         self._raft = self._make_raft()
         self._transport = Transport(
             self.node_id, self._deliver, secret=self.config.cluster_secret,
-            attach_snapshot=self._attach_snapshot,
+            attach_snapshot=self._applier.attach_snapshot,
         )
-        self._transport.on_rpc("join", self._on_join)
-        self._transport.on_rpc("info", self._on_info)
-        for node_id, (raft_addr, _) in self._peers.items():
+        self._transport.on_rpc("join", membership.on_join)
+        self._transport.on_rpc("info", membership.on_info)
+        for node_id, (raft_addr, _) in membership.peers.items():
             self._transport.set_peer(node_id, raft_addr)
         await self._transport.start()
         await self._listen()
@@ -356,10 +233,10 @@ class Node:
         self._tasks = [
             loop.create_task(self._run(), name=f"raft-{self.node_id}"),
             loop.create_task(self._ticker(), name=f"tick-{self.node_id}"),
-            loop.create_task(self._learn_api_urls(), name=f"info-{self.node_id}"),
+            loop.create_task(membership.learn_api_urls(), name=f"info-{self.node_id}"),
         ]
         if fresh and self.config.join:
-            self._tasks.append(loop.create_task(self._join_cluster(), name="join"))
+            self._tasks.append(loop.create_task(membership.join_cluster(), name="join"))
         if self.conf.voters == (self.node_id,):
             self._call(self._raft.campaign)  # a single-voter cluster needs no election timeout
         self._log("started", voters=list(self.conf.voters), applied=self.applied_index)
@@ -381,13 +258,9 @@ class Node:
         for runner in self._runners:
             await runner.cleanup()
         self._runners = []
-        self._apply_backlog.clear()
-        self._apply_pool.shutdown(wait=True)
+        self._applier.close()
         self._persist_pool.shutdown(wait=True)
-        self._query_pool.shutdown(wait=True)
-        for _, _, fut in self._query_backlog:
-            self._set_exception(fut, RaftSQLError("node stopped"))
-        self._query_backlog.clear()
+        self._reads.close()
         if self._sm is not None:
             self._sm.close()
         if self._storage is not None:
@@ -430,125 +303,25 @@ class Node:
         return result, index
 
     async def read_barrier(self, level: str, timeout: float = 10.0) -> None:
-        """weak: this node believes it leads; linearizable: ReadIndex, then wait for apply.
-
-        Every read that arrives before the loop next runs shares one ReadIndex request:
-        each of them arrived before the read index was taken, which is all that
-        linearizability asks (dissertation §6.4).
-        """
+        """weak: this node believes it leads; linearizable: ReadIndex, then wait for apply
+        (see Reads.barrier)."""
         if not self.is_leader:
             raise self._not_leader()
         if level == "weak":
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        fut: asyncio.Future[int] = loop.create_future()
-        if not self._read_waiters:
-            self._call(self._request_read_index)
-        self._read_waiters.append(fut)
-        index = await self._deadlines.add(fut, timeout)
-        if self.applied_index < index:
-            await self._deadlines.add(self._applied_waiters.add(index), deadline - loop.time())
-
-    def _request_read_index(self) -> None:
-        assert self._raft is not None
-        waiters, self._read_waiters = self._read_waiters, []
-        self._read_seq += 1
-        ctx = self._read_seq.to_bytes(8, "big")
-        if self._raft.read_index(ctx):
-            self._reads[ctx] = waiters
-            return
-        exc = self._not_leader()
-        for fut in waiters:
-            self._set_exception(fut, exc)
+        await self._reads.barrier(timeout)
 
     async def query(self, statements: list[Any], *, transaction: bool = False) -> list[StatementResult]:
-        """Run read-only statements on the state machine's read connections.
-
-        On the loop itself when they finish within _INLINE_BUDGET (as for applying, see
-        _apply_inline); otherwise on a read thread. Queries that wait for a thread together
-        go to it together: one thread hop for the batch, not one per query. A thread that has
-        spent `_QUERY_SLICE` seconds on its batch lets another thread take the rest, so a
-        slow query holds up few others.
-        """
-        loop = asyncio.get_running_loop()
-        query_within = getattr(self._sm, "query_within", None)
-        if query_within is not None and loop.time() >= self._inline_query_off_until:
-            # Most queries take microseconds: run them here, unless it takes longer (or no
-            # read connection is free: then only the threads are waited for).
-            started = loop.time()
-            results = query_within(statements, transaction, _INLINE_BUDGET)
-            if results is not None:
-                return results  # type: ignore[no-any-return]
-            if loop.time() - started >= _INLINE_BUDGET:
-                self._inline_query_off_until = loop.time() + _INLINE_BACKOFF
-        fut: asyncio.Future[list[StatementResult]] = loop.create_future()
-        self._query_backlog.append((statements, transaction, fut))
-        if not self._query_start_scheduled:
-            self._query_start_scheduled = True
-            loop.call_soon(self._start_query_jobs)
-        return await fut
-
-    def _start_query_jobs(self) -> None:
-        self._query_start_scheduled = False
-        if self._query_backlog and self._query_jobs < _QUERY_THREADS and not self._stopping:
-            self._query_jobs += 1
-            self._query_pool.submit(self._run_queries, asyncio.get_running_loop())
-
-    def _run_queries(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On a read thread: run queued queries until none is left."""
-        assert self._sm is not None
-        query = self._sm.query  # type: ignore[attr-defined]
-        backlog = self._query_backlog
-        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        started = time.monotonic()
-        try:
-            while backlog:
-                try:
-                    statements, transaction, fut = backlog.popleft()
-                except IndexError:
-                    break
-                if fut.done():
-                    continue  # its client went away
-                try:
-                    done.append((fut, query(statements, transaction), None))
-                except Exception as e:
-                    done.append((fut, None, e))
-                if backlog and time.monotonic() - started > _QUERY_SLICE:
-                    loop.call_soon_threadsafe(self._queries_done, done, False)
-                    done, started = [], time.monotonic()
-        finally:
-            loop.call_soon_threadsafe(self._queries_done, done, True)
-
-    def _queries_done(self, done: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
-                      finished: bool) -> None:
-        for fut, result, exc in done:
-            if fut.done():
-                continue
-            if exc is None:
-                fut.set_result(result)
-            else:
-                fut.set_exception(exc)
-        if finished:
-            self._query_jobs -= 1
-        self._start_query_jobs()
+        """Run read-only statements on the state machine's read connections (see Reads.query)."""
+        return await self._reads.query(statements, transaction)
 
     async def add_member(
         self, node_id: str, raft_addr: str, api_url: str, voter: bool = True, timeout: float = 10.0
     ) -> None:
-        current = self.conf
-        if self._peers.get(node_id) == (raft_addr, api_url) and (
-            node_id in current.voters if voter else node_id in current.learners
-        ):
-            return  # joins are idempotent
-        kind = ConfChangeType.ADD_VOTER if voter else ConfChangeType.ADD_LEARNER
-        self._set_peer(node_id, raft_addr, api_url)
-        await self._change_conf(ConfChange(kind, node_id, _addr_context(raft_addr, api_url)), timeout)
+        await self._membership.add(node_id, raft_addr, api_url, voter, timeout)
 
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
-        if node_id not in self.conf.members():
-            raise ClusterError(f"node {node_id} is not a member of the cluster")
-        await self._change_conf(ConfChange(ConfChangeType.REMOVE, node_id), timeout)
+        await self._membership.remove(node_id, timeout)
 
     async def transfer_leadership(self, target: str | None = None, timeout: float = 5.0) -> None:
         if not self.is_leader:
@@ -664,8 +437,8 @@ class Node:
         if apply_now:
             # Committed entries were persisted by earlier Readies: the leader applies them
             # (and answers their clients) while it makes this Ready's entries durable.
-            self._note_conf_entries(rd.committed_entries)
-            self._queue_apply("apply", rd.committed_entries)
+            self._membership.note_conf_entries(rd.committed_entries)
+            self._applier.queue("apply", rd.committed_entries)
         if must_persist:
             if persisting is not None:
                 await persisting
@@ -677,19 +450,16 @@ class Node:
                 self._write_ready(rd, hs)
             if hs is not None:
                 self._persisted_vote = (hs.term, hs.vote)
-            self._note_conf_entries(rd.entries)
+            self._membership.note_conf_entries(rd.entries)
         if late:
             self._send(late)
         if rd.snapshot is not None:
-            self._queue_apply("restore", rd.snapshot)
+            self._applier.queue("restore", rd.snapshot)
         if rd.committed_entries and not apply_now:
             # A follower answers first: its leader is waiting for that answer, not for this.
-            self._note_conf_entries(rd.committed_entries)
-            self._queue_apply("apply", rd.committed_entries)
-        for rs in rd.read_states:
-            for fut in self._reads.pop(rs.context, ()):
-                if not fut.done():
-                    fut.set_result(rs.index)
+            self._membership.note_conf_entries(rd.committed_entries)
+            self._applier.queue("apply", rd.committed_entries)
+        self._reads.on_read_states(rd.read_states)
 
     _persisted_vote: tuple[int, str | None] = (0, None)
 
@@ -722,134 +492,9 @@ class Node:
         for _, fut in self._proposals.values():
             self._set_exception(fut, exc)
         self._proposals.clear()
-        for waiters in [self._read_waiters, *self._reads.values()]:
-            for fut in waiters:
-                self._set_exception(fut, exc)
-        self._read_waiters = []
-        self._reads.clear()
+        self._reads.fail(exc)
 
-    # ---- applying -----------------------------------------------------------------
-
-    def _queue_apply(self, kind: str, payload: Any) -> None:
-        """Hand committed entries (or a snapshot to restore) to the state machine, in order."""
-        self._apply_backlog.append((kind, payload))
-        if not self._applying:
-            self._apply_next()
-
-    def _apply_next(self) -> None:
-        """Apply what is queued, in order: every queued batch as one (group commit), on the
-        loop itself when the state machine finishes it within _INLINE_BUDGET (see
-        _apply_inline), else on the apply thread; a restore always on the thread."""
-        backlog = self._apply_backlog
-        while backlog and not self._applying and not self._stopping:
-            kind, payload = backlog[0]
-            if kind == "restore":
-                del backlog[0]
-                self._apply_on_thread(kind, payload, functools.partial(self._restore, payload))
-                return
-            n = 1
-            while n < len(backlog) and backlog[n][0] == "apply":
-                n += 1
-            entries: list[Entry] = [e for _, batch in backlog[:n] for e in batch]
-            del backlog[:n]
-            try:
-                results = self._apply_inline(entries)
-            except Exception as e:  # the state machine failed: like a storage error, fatal
-                self._fail(e)
-                return
-            if results is None:
-                self._apply_on_thread(kind, entries, functools.partial(self._apply_entries, entries))
-                return
-            self._after_apply(entries, results)
-
-    def _apply_on_thread(self, kind: str, payload: Any, job: Callable[[], Any]) -> None:
-        self._applying = True
-        fut = asyncio.get_running_loop().run_in_executor(self._apply_pool, job)
-        fut.add_done_callback(functools.partial(self._on_applied, kind, payload))
-
-    def _on_applied(self, kind: str, payload: Any, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or self._stopping:
-            return
-        exc = fut.exception()
-        if exc is not None:  # the state machine failed: like a storage error, fatal
-            self._fail(exc)
-            return
-        self._applying = False
-        if kind == "restore":
-            self._set_applied(payload.meta.index, payload.meta.term)
-        elif kind == "apply":
-            self._after_apply(payload, fut.result())
-        self._apply_next()
-
-    def _after_apply(self, entries: list[Entry], results: dict[int, Any]) -> None:
-        self._complete_proposals(entries, results)
-        self._set_applied(entries[-1].index, entries[-1].term)
-        if self.applied_index - self._snapshot_index >= self.config.snapshot_threshold:
-            # Taken on the apply thread before any later batch: exactly what is applied.
-            self._applying = True  # until _snapshot_done
-            task = asyncio.get_running_loop().create_task(self._take_snapshot())
-            self._tasks.append(task)
-            task.add_done_callback(self._snapshot_done)
-            return
-        checkpoint_due = getattr(self._sm, "checkpoint_due", None)
-        if checkpoint_due is not None and checkpoint_due():
-            # The WAL grew past SQLite's checkpoint size: copy it back off the loop.
-            self._apply_on_thread("checkpoint", None, self._sm.checkpoint)  # type: ignore[union-attr]
-
-    def _apply_inline(self, entries: list[Entry]) -> dict[int, Any] | None:
-        """Apply `entries` on the loop if the state machine can do it within _INLINE_BUDGET.
-
-        A single-row write applies in ~20 us, while handing it to the apply thread and back
-        costs ~10 times that on a small machine (docs/performance.md). The state machine's
-        apply_within() gives up, undoing everything, once the budget is spent, so the loop is
-        never held up longer than that: the batch then goes to the apply thread. Large
-        batches go there directly, and so does everything for a second after a batch ran out
-        of time. None: not applied here.
-        """
-        apply_within = getattr(self._sm, "apply_within", None)
-        if apply_within is None:
-            return None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now < self._inline_apply_off_until:
-            return None
-        batch = [(e.index, e.data) for e in entries if e.type is EntryType.NORMAL and e.data]
-        results: dict[int, Any] = {}
-        if batch:
-            if sum(len(data) for _, data in batch) > _INLINE_APPLY_BYTES:
-                return None
-            applied = apply_within(batch, _INLINE_BUDGET)
-            if applied is None:
-                self._inline_apply_off_until = loop.time() + _INLINE_BACKOFF
-                return None
-            for (index, _), result in zip(batch, applied, strict=True):
-                results[index] = result
-        if not batch or batch[-1][0] != entries[-1].index:
-            self._sm.mark_applied(entries[-1].index)  # type: ignore[union-attr]
-        return results
-
-    def _snapshot_done(self, task: asyncio.Task[None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._tasks.remove(task)
-        if task.cancelled() or self._stopping:
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._fail(exc)
-            return
-        self._applying = False
-        self._apply_next()
-
-    def _apply_entries(self, entries: list[Entry]) -> dict[int, Any]:
-        assert self._sm is not None
-        batch = [(e.index, e.data) for e in entries if e.type is EntryType.NORMAL and e.data]
-        results: dict[int, Any] = {}
-        if batch:
-            for (index, _), result in zip(batch, self._sm.apply(batch), strict=True):
-                results[index] = result
-        if not batch or batch[-1][0] != entries[-1].index:
-            self._sm.mark_applied(entries[-1].index)
-        return results
+    # ---- applying (raftsql/applier.py does the work) -----------------------------
 
     def _complete_proposals(self, entries: Sequence[Entry], results: dict[int, Any]) -> None:
         for e in entries:
@@ -864,222 +509,23 @@ class Node:
             else:
                 fut.set_result((results.get(e.index), e.index))
 
-    def _set_applied(self, index: int, term: int) -> None:
-        self.applied_index, self._applied_term = index, term
-        self._applied_waiters.release(index)
+    def _set_applied(self, index: int) -> None:
+        self.applied_index = index
+        self._reads.applied_waiters.release(index)
 
-    async def _change_conf(self, cc: ConfChange, timeout: float) -> None:
-        if not self.is_leader:
-            raise self._not_leader()
-        fut: asyncio.Future[tuple[Any, int]] = asyncio.get_running_loop().create_future()
-
-        def run() -> None:
-            assert self._raft is not None
-            index = self._raft.propose_conf_change(cc) if self.is_leader else None
-            if index is None:
-                self._set_exception(fut, ClusterError(
-                    "membership change refused: not leader, or another change is pending"))
-            else:
-                self._proposals[index] = (self._raft.term, fut)
-
-        self._call(run)
-        await self._deadlines.add(fut, timeout)
-        self._log("membership changed", change=cc.type.name, member=cc.node_id)
-
-    # ---- snapshots ----------------------------------------------------------------
-
-    async def _take_snapshot(self) -> None:
-        index, term = self.applied_index, self._applied_term
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(self._apply_pool, self._snapshot_data)
-        meta = SnapshotMeta(index, term, self._raft.conf_at(index))  # type: ignore[union-attr]
-        await self._in_persist(self._storage.save_snapshot, Snapshot(meta, data))  # type: ignore[union-attr]
-        self._snapshot_index = index
-        self._call(lambda: self._raft.compact(index, term))  # type: ignore[union-attr]
-        self._log("snapshot taken", index=index)
-
-    def _snapshot_data(self) -> bytes:
-        assert self._sm is not None
-        path = os.path.join(self.config.data_dir, "snapshot.tmp")
-        self._sm.snapshot(path)
-        with open(path, "rb") as f:
-            db = f.read()
-        os.remove(path)
-        header = orjson.dumps({"peers": self._address_book()})
-        return len(header).to_bytes(4, "big") + header + db
-
-    def _restore(self, snapshot: Snapshot) -> None:
-        assert self._sm is not None
-        data = snapshot.data
-        n = int.from_bytes(data[:4], "big")
-        peers = orjson.loads(data[4 : 4 + n]).get("peers", {}) if n else {}
-        for node_id, (raft_addr, api_url) in peers.items():
-            if node_id != self.node_id:
-                self._set_peer(node_id, raft_addr, api_url)
-        path = os.path.join(self.config.data_dir, "snapshot.tmp")
-        with open(path, "wb") as f:
-            f.write(data[4 + n :])
-        self._sm.restore(path)
-        os.remove(path)
-        self._snapshot_index = snapshot.meta.index
-
-    def _attach_snapshot(self, m: Message) -> Message:
-        assert self._storage is not None and m.snapshot is not None
-        stored = self._storage.load_snapshot()
-        if stored is None:
-            return m
-        return Message(**{**_fields(m), "snapshot": stored})
-
-    # ---- bootstrap, recovery, membership ---------------------------------------------
-
-    def _is_fresh(self) -> bool:
-        """No durable term and no snapshot: the bootstrap (or join) never completed. A crash
-        inside the first write can leave some bootstrap entries without the hard state;
-        bootstrapping again replaces them, rather than starting from a partial membership."""
-        s = self._storage
-        assert s is not None
-        return s.hard_state.term == 0 and s.snapshot_meta.index == 0 and not s.snapshot_meta.conf.members()
-
-    async def _bootstrap(self) -> None:
-        """Write the initial membership as committed entries 1..n of term 1, identical on
-        every initial member (ids sorted), each carrying the member's address, so a node
-        that joins later learns members and addresses from the log like any change."""
-        cfg = self.config
-        if cfg.join:
-            return  # a joining node starts with no members and waits for the leader
-        initial = cfg.initial_cluster or {cfg.node_id: cfg.advertised_raft_addr}
-        if cfg.node_id not in initial:
-            raise ClusterError(f"--initial-cluster does not list this node ({cfg.node_id})")
-        entries = [
-            Entry(1, i, EntryType.CONF_CHANGE, ConfChange(
-                ConfChangeType.ADD_VOTER, node_id, _addr_context(addr, f"http://{addr}")).encode())
-            for i, (node_id, addr) in enumerate(sorted(initial.items()), 1)
-        ]
-        storage = self._storage
-        assert storage is not None
-
-        def write() -> None:
-            storage.append(entries)
-            storage.set_hard_state(HardState(term=1, vote=None, commit=len(entries)))
-            storage.sync()
-
-        await self._in_persist(write)
-
-    async def _recover_state_machine(self) -> None:
-        storage = self._storage
-        assert storage is not None and self._sm is not None
-        self._snapshot_index = storage.snapshot_meta.index
-        if self._sm.applied_index() < storage.snapshot_meta.index:
-            # Crashed after saving a received snapshot but before restoring it.
-            snapshot = storage.load_snapshot()
-            assert snapshot is not None
-            await asyncio.get_running_loop().run_in_executor(self._apply_pool, self._restore, snapshot)
-        self.applied_index = self._sm.applied_index()
+    # ---- recovery -----------------------------------------------------------------
 
     def _make_raft(self) -> Raft:
         storage = self._storage
         assert storage is not None
         ticks = max(2, round(self.config.election_ms / self.config.heartbeat_ms))
         entries = storage.entries()
-        self._note_conf_entries(entries)
+        self._membership.note_conf_entries(entries)
         return Raft(
             self.node_id, Config(election_ticks=ticks), random.Random(),
             hard_state=storage.hard_state, snapshot=storage.snapshot_meta,
             entries=entries, applied=self.applied_index,
         )
-
-    def _note_conf_entries(self, entries: Sequence[Entry]) -> None:
-        """Learn members' addresses from membership entries as soon as they are seen."""
-        for e in entries:
-            if e.type is not EntryType.CONF_CHANGE:
-                continue
-            cc = ConfChange.decode(e.data)
-            if cc.node_id == self.node_id:
-                continue
-            if cc.type is ConfChangeType.REMOVE:
-                continue  # keep the address: the removal may still be truncated
-            addrs = orjson.loads(cc.context) if cc.context else {}
-            if addrs:
-                self._set_peer(cc.node_id, addrs["raft_addr"], addrs["api_url"])
-
-    def _address_book(self) -> dict[str, tuple[str, str]]:
-        """Every member's (raft_addr, api_url), this node's included."""
-        return {**self._peers, self.node_id: (self.config.advertised_raft_addr, self.api_url)}
-
-    def _set_peer(self, node_id: str, raft_addr: str, api_url: str) -> None:
-        if node_id == self.node_id or self._peers.get(node_id) == (raft_addr, api_url):
-            return
-        self._peers[node_id] = (raft_addr, api_url)
-        if self._transport is not None:
-            self._transport.set_peer(node_id, raft_addr)
-        self._save_peers()
-
-    def _load_peers(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            with open(self._peers_path, "rb") as f:
-                stored = orjson.loads(f.read())
-            for node_id, (raft_addr, api_url) in stored.items():
-                self._peers.setdefault(node_id, (raft_addr, api_url))
-
-    def _save_peers(self) -> None:
-        tmp = self._peers_path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps(self._peers))
-        os.replace(tmp, self._peers_path)
-
-    async def _on_join(self, payload: dict[str, Any]) -> dict[str, Any]:
-        if not self.is_leader:
-            leader = self._peers.get(self.leader_id or "", ("", ""))[0]
-            return {"ok": False, "leader": leader, "error": "not leader"}
-        try:
-            await self.add_member(
-                str(payload["id"]), str(payload["raft_addr"]), str(payload["api_url"]),
-                voter=bool(payload.get("voter", True)),
-            )
-        except (TimeoutError, RaftSQLError, KeyError) as e:
-            return {"ok": False, "error": str(e) or type(e).__name__}
-        return {"ok": True, "leader": self.config.advertised_raft_addr, "peers": self._address_book()}
-
-    async def _on_info(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"id": self.node_id, "api_url": self.api_url, "raft_addr": self.config.advertised_raft_addr}
-
-    async def _join_cluster(self) -> None:
-        assert self._transport is not None
-        payload = {"id": self.node_id, "raft_addr": self.config.advertised_raft_addr,
-                   "api_url": self.api_url, "voter": not self.config.non_voter}
-        targets = list(self.config.join)
-        delay = 0.2
-        while True:
-            for addr in list(targets):
-                try:
-                    reply = await self._transport.call(addr, "join", payload, timeout=15.0)
-                except (TimeoutError, RaftSQLError, OSError) as e:
-                    self._log("join attempt failed", target=addr, error=str(e))
-                    continue
-                if reply.get("ok"):
-                    # Until the log tells it, the new member knows nobody to answer to.
-                    for node_id, (raft_addr, api_url) in reply.get("peers", {}).items():
-                        self._set_peer(node_id, raft_addr, api_url)
-                    self._log("joined cluster", via=addr)
-                    return
-                if reply.get("leader") and reply["leader"] not in targets:
-                    targets.insert(0, reply["leader"])
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _learn_api_urls(self) -> None:
-        """Peers named by --initial-cluster are known by Raft address; ask for their API URL."""
-        assert self._transport is not None
-        learned: set[str] = set()
-        while True:
-            for node_id, (raft_addr, _) in list(self._peers.items()):
-                if node_id in learned:
-                    continue
-                with contextlib.suppress(RaftSQLError, asyncio.TimeoutError, OSError, KeyError):
-                    info = await self._transport.call(raft_addr, "info", {}, timeout=2.0)
-                    self._set_peer(node_id, raft_addr, str(info["api_url"]))
-                    learned.add(node_id)
-            await asyncio.sleep(1.0)
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -1135,12 +581,3 @@ class Node:
     def _log(self, event: str, **fields: Any) -> None:
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
         log.info("node=%s term=%d %s %s", self.node_id, self.term, event, extra)
-
-
-def _fields(m: Message) -> dict[str, Any]:
-    return {name: getattr(m, name) for name in m.__dataclass_fields__}
-
-
-def _member_dict(m: Member) -> dict[str, Any]:
-    return {"id": m.id, "api_addr": m.api_url, "addr": m.raft_addr, "voter": m.voter}
-

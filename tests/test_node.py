@@ -111,9 +111,9 @@ async def test_reads_that_arrive_together_share_one_read_index(nodes):
     await wait_for(lambda: leader_of(nodes) is not None)
     leader = leader_of(nodes)
     await leader.propose(b"a=1")
-    before = leader._read_seq
+    before = leader._reads.seq
     await asyncio.gather(*(leader.read_barrier("linearizable") for _ in range(20)))
-    assert 1 <= leader._read_seq - before <= 2  # one ReadIndex round, not twenty
+    assert 1 <= leader._reads.seq - before <= 2  # one ReadIndex round, not twenty
 
 
 # ---- the hot path on a single node with the real state machine ------------------------------
@@ -154,16 +154,16 @@ SLOW = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i 
 async def test_writes_and_reads_on_the_loop_or_on_threads_give_the_same_results(single):
     results, _ = await single.execute([["INSERT INTO t VALUES(?)", 1], f"INSERT INTO t {SLOW}"])
     assert [r.rows_affected for r in results] == [1, 1]
-    assert single._inline_apply_off_until > 0  # it ran out of time on the loop: redone on a thread
-    single._inline_apply_off_until = single._inline_query_off_until = float("inf")
+    assert single._applier.inline_off_until > 0  # it ran out of time on the loop: redone on a thread
+    single._applier.inline_off_until = single._reads.inline_off_until = float("inf")
     results, _ = await single.execute([["INSERT INTO t VALUES(?)", 2]])
     assert results[0].last_insert_id == 3
     queries = [single.query([["SELECT count(*) FROM t WHERE x >= ?", k]]) for k in range(30)]
     counts = [r[0].rows[0][0] for r in await asyncio.gather(*queries, single.query([SLOW]))]
     assert counts == [3, 3, 2] + [1] * 27 + [300000]
-    single._inline_apply_off_until = single._inline_query_off_until = 0.0
+    single._applier.inline_off_until = single._reads.inline_off_until = 0.0
     assert (await single.query([SLOW]))[0].rows == [(300000,)]
-    assert single._inline_query_off_until > 0
+    assert single._reads.inline_off_until > 0
     assert (await single.query(["SELECT count(*) FROM t"]))[0].rows == [(3,)]
 
 
