@@ -311,16 +311,7 @@ def write_element(r: StatementResult, timings: bool = False) -> dict[str, Any]:
 
 def rows_element(r: StatementResult, timings: bool = False, blob_array: bool = False) -> dict[str, Any]:
     """{columns, types, values, error, time}; `values` omitted when there are no rows."""
-    columns = list(r.columns or [])
-    error = r.error
-    types: list[str] = []
-    values: list[list[Any]] = []
-    if columns:
-        try:
-            types, values = convert_rows(r.decltypes or [None] * len(columns), r.rows, blob_array)
-        except TimeRangeError as e:
-            types, values, error = [], [], str(e)
-            columns = []
+    columns, types, values, error = _converted(r, blob_array)
     d: dict[str, Any] = {}
     if columns:
         d["columns"] = columns
@@ -336,15 +327,7 @@ def rows_element(r: StatementResult, timings: bool = False, blob_array: bool = F
 
 def associative_element(r: StatementResult, timings: bool = False, blob_array: bool = False) -> dict[str, Any]:
     """{types: {col: type}, rows: [{col: value}], error, time}; keys sorted like Go's maps."""
-    columns = list(r.columns or [])
-    error = r.error
-    types: list[str] = []
-    values: list[list[Any]] = []
-    if columns:
-        try:
-            types, values = convert_rows(r.decltypes or [None] * len(columns), r.rows, blob_array)
-        except TimeRangeError as e:
-            types, values, error = [], [], str(e)
+    columns, types, values, error = _converted(r, blob_array)
     d: dict[str, Any] = {}
     if columns and types:
         d["types"] = _sorted_map(columns, types)
@@ -353,6 +336,20 @@ def associative_element(r: StatementResult, timings: bool = False, blob_array: b
         d["error"] = error
     d.update(_time(r, timings))
     return d
+
+
+def _converted(
+    r: StatementResult, blob_array: bool
+) -> tuple[list[str], list[str], list[list[Any]], str | None]:
+    """(columns, types, values, error); a time value out of range fails the whole result."""
+    columns = list(r.columns or [])
+    if not columns:
+        return [], [], [], r.error
+    try:
+        types, values = convert_rows(r.decltypes or [None] * len(columns), r.rows, blob_array)
+    except TimeRangeError as e:
+        return [], [], [], str(e)
+    return columns, types, values, r.error
 
 
 def _sorted_map(keys: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
