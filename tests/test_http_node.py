@@ -7,34 +7,19 @@ name the leader's real URL.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
 import pytest
 
 from raftsql.http import make_app
-from raftsql.launcher import free_ports
-from raftsql.node import Node, NodeConfig
 
-
-async def wait_for(predicate, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
+from .inprocess import start_nodes, wait_for
 
 
 @pytest.fixture
 async def cluster(tmp_path):
-    ports = free_ports(3)
-    initial = {f"n{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-    nodes = [
-        Node(NodeConfig(node_id=node_id, data_dir=str(tmp_path / node_id), http_addr=addr,
-                        initial_cluster=initial, heartbeat_ms=50, election_ms=300), api=make_app)
-        for node_id, addr in initial.items()
-    ]
-    for n in nodes:
-        await n.start()
+    nodes = await start_nodes(tmp_path, heartbeat_ms=50, election_ms=300, api=lambda: make_app)
     await wait_for(lambda: any(n.is_leader for n in nodes))
     leader = next(n for n in nodes if n.is_leader)
     await wait_for(lambda: all(n.leader_id == leader.node_id for n in nodes))

@@ -13,6 +13,8 @@ from raftsql.node import Node, NodeConfig
 from raftsql.raft.messages import Role
 from raftsql.raft.storage import Storage
 
+from .inprocess import start_nodes, wait_for
+
 
 class Counter:
     """A tiny state machine: entries are `key=value`; apply returns how many keys exist."""
@@ -49,24 +51,9 @@ class Counter:
         pass
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def nodes(tmp_path):
-    ports = free_ports(3)
-    initial = {f"n{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(ports)}
-    nodes = [
-        Node(NodeConfig(node_id=node_id, data_dir=str(tmp_path / node_id), http_addr=addr,
-                        initial_cluster=initial, heartbeat_ms=20, election_ms=200),
-             state_machine=Counter())
-        for node_id, addr in initial.items()
-    ]
-    for node in nodes:
-        await node.start()
+    nodes = await start_nodes(tmp_path, heartbeat_ms=20, election_ms=200, state_machine=Counter)
     yield nodes
     for node in nodes:
         if not node._stopped.is_set():

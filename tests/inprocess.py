@@ -1,0 +1,31 @@
+"""In-process clusters of real `raftsql.node.Node`s on 127.0.0.1 (one event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from raftsql.launcher import free_ports
+from raftsql.node import Node, NodeConfig
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def start_nodes(tmp_path, n: int = 3, *, heartbeat_ms: int, election_ms: int,
+                      **node_kwargs: Callable[[], Any]) -> list[Node]:
+    """Start `n` nodes of a new cluster; each keyword is a factory called once per node."""
+    initial = {f"n{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(free_ports(n))}
+    nodes = [
+        Node(NodeConfig(node_id=node_id, data_dir=str(tmp_path / node_id), http_addr=addr,
+                        initial_cluster=initial, heartbeat_ms=heartbeat_ms, election_ms=election_ms),
+             **{k: make() for k, make in node_kwargs.items()})
+        for node_id, addr in initial.items()
+    ]
+    for node in nodes:
+        await node.start()
+    return nodes
