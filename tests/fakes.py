@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from raftsql.command import Command, StatementResult
 from raftsql.errors import ClusterError, NotLeaderError
 from raftsql.sqlite import Database
@@ -158,3 +160,11 @@ class FakeFollower(FakeNode):
         if self.leader is not None:
             mine.append(Member(self.leader.node_id, self.leader.api_url, self.leader.raft_addr, True))
         return sorted(mine + self.peers, key=lambda m: m.id)
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A FakeNode on a real Database in tmp_path, closed after the test."""
+    n = FakeNode(tmp_path)
+    yield n
+    n.close()

@@ -21,13 +21,6 @@ JSON = "application/json"
 
 
 @pytest.fixture
-def node(tmp_path):
-    n = FakeNode(tmp_path)
-    yield n
-    n.close()
-
-
-@pytest.fixture
 async def client(node, aiohttp_client):
     return await aiohttp_client(make_app(node))
 

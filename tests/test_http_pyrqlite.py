@@ -17,13 +17,6 @@ from tests.fakes import FakeFollower, FakeNode
 pyrqlite = pytest.importorskip("pyrqlite.dbapi2")
 
 
-@pytest.fixture
-def node(tmp_path):
-    n = FakeNode(tmp_path)
-    yield n
-    n.close()
-
-
 async def in_thread(fn, *args):
     return await asyncio.to_thread(fn, *args)
 

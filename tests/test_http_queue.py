@@ -17,13 +17,6 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
-def node(tmp_path):
-    n = FakeNode(tmp_path)
-    yield n
-    n.close()
-
-
-@pytest.fixture
 async def client(node, aiohttp_client):
     c = await aiohttp_client(make_app(node, queue_timeout=0.02))
     await c.post("/db/execute", data=b'["CREATE TABLE q(id INTEGER PRIMARY KEY, v TEXT)"]', headers=JSON)

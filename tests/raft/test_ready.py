@@ -143,7 +143,8 @@ def test_step_between_ready_and_advance() -> None:
     assert r._log.stable == 4 and r.last_index == 4
 
 
-def test_snapshot_message_leaves_data_to_the_driver() -> None:
+def _follower_behind_a_snapshot() -> tuple[Network, Raft]:
+    """c was down while a committed and compacted: c now needs a snapshot."""
     net = Network(ABC)
     a = net.elect("a")
     net.crash("c")
@@ -152,6 +153,11 @@ def test_snapshot_message_leaves_data_to_the_driver() -> None:
     net.settle()
     net.compact("a")
     net.restart("c")
+    return net, a
+
+
+def test_snapshot_message_leaves_data_to_the_driver() -> None:
+    net, a = _follower_behind_a_snapshot()
     a.step(Message(MT.BEAT, "a", "a"))
     net.settle(until=lambda: any(m.type is MT.SNAPSHOT for m in net.queue))
     (m,) = [m for m in net.queue if m.type is MT.SNAPSHOT]
@@ -159,14 +165,7 @@ def test_snapshot_message_leaves_data_to_the_driver() -> None:
 
 
 def test_received_snapshot_is_surfaced_and_applied_before_new_entries() -> None:
-    net = Network(ABC)
-    a = net.elect("a")
-    net.crash("c")
-    for i in range(3):
-        a.propose(b"%d" % i)
-    net.settle()
-    net.compact("a")
-    net.restart("c")
+    net, a = _follower_behind_a_snapshot()
     c = net.raft("c")
     snapshot = net.nodes["a"].storage.load_snapshot()
     assert snapshot is not None
