@@ -35,9 +35,9 @@ class StateMachine(Protocol):
     """What the driver replicates. Called by one thread at a time, in log order.
 
     Optional, and used when present (raftsql.sqlite.Database has them): `apply_within(entries,
-    seconds)` and `query_within(statements, transaction, seconds)`, which return None, having
+    seconds)` and `query_within(statements, options, seconds)`, which return None, having
     done nothing, rather than take longer than `seconds` (the driver then calls `apply` /
-    `query` on a thread); `query(statements, transaction)`; `checkpoint_due()` and
+    `query` on a thread); `query(statements, options)`; `checkpoint_due()` and
     `checkpoint()`, run on the apply thread.
     """
 
@@ -49,7 +49,7 @@ class StateMachine(Protocol):
 
     def snapshot(self, path: str) -> int: ...
 
-    def restore(self, path: str) -> None: ...
+    def restore(self, path: str, index: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -252,7 +252,7 @@ class Applier:
         path = os.path.join(node.config.data_dir, "snapshot.tmp")
         with open(path, "wb") as f:
             f.write(data[4 + n :])
-        self._sm.restore(path)
+        self._sm.restore(path, snapshot.meta.index)
         os.remove(path)
         self.snapshot_index = snapshot.meta.index
 

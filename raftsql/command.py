@@ -7,6 +7,8 @@ apply time.
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,24 +19,50 @@ COMMAND_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    op: str  # "execute" (writes), "query" (a strong read through the log)
+    op: str  # "execute" (writes), "request" (mixed), "query" (a strong read through the log)
     statements: list[Any]  # rqlite body elements: "SQL" or ["SQL", params...]
     transaction: bool = False
     time_ms: int = 0  # the leader's wall clock: what datetime('now') sees on every node
     seed: int = 0  # seeds random()/randomblob() for this entry on every node
+    fk: bool = False  # foreign_keys=ON while this entry applies (the leader's --fk)
+    # db_timeout, as the number of SQLite VM steps a statement may take: a count, not a time,
+    # so every node interrupts the same statement at the same point.
+    max_steps: int = 0
+    qualify: bool = False  # qualify_columns: row results name columns table.column
+
+    @classmethod
+    def new(cls, op: str, statements: list[Any], transaction: bool = False, **flags: Any) -> Command:
+        """A command as the leader proposes it: its clock and a fresh seed fix the entry."""
+        return cls(op, statements, transaction, int(time.time() * 1000), random.getrandbits(63),
+                   **flags)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {"v": COMMAND_VERSION, "op": self.op, "stmts": self.statements,
-             "tx": self.transaction, "t": self.time_ms, "r": self.seed}
-        )
+        d: dict[str, Any] = {"v": COMMAND_VERSION, "op": self.op, "stmts": self.statements,
+                             "tx": self.transaction, "t": self.time_ms, "r": self.seed}
+        if self.fk:
+            d["fk"] = True
+        if self.max_steps:
+            d["st"] = self.max_steps
+        if self.qualify:
+            d["qc"] = True
+        return orjson.dumps(d)
 
     @classmethod
     def decode(cls, data: bytes) -> Command:
         d = orjson.loads(data)
         if d.get("v") != COMMAND_VERSION:
             raise ValueError(f"unsupported command version {d.get('v')!r}")
-        return cls(d["op"], d["stmts"], d["tx"], d["t"], d["r"])
+        return cls(d["op"], d["stmts"], d["tx"], d["t"], d["r"], d.get("fk", False),
+                   d.get("st", 0), d.get("qc", False))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """How a read runs on this node's read connections (rqlite's query flags)."""
+
+    transaction: bool = False  # the reads share one snapshot and stop at the first error
+    db_timeout: float = 0.0  # seconds a statement may run before "query timeout" (0: no limit)
+    qualify: bool = False  # qualify_columns
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from raftsql.applier import INLINE_BACKOFF, INLINE_BUDGET
-from raftsql.command import StatementResult
+from raftsql.command import ReadOptions, StatementResult
 from raftsql.errors import RaftSQLError
 from raftsql.raft.messages import ReadState
 from raftsql.waiting import Waiters
@@ -38,7 +38,7 @@ class Reads:
         self.seq = 0
         self.inline_off_until = 0.0  # loop time until which no query runs inline
         self._pool = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix=f"query-{node.node_id}")
-        self._backlog: collections.deque[tuple[list[Any], bool, asyncio.Future[Any]]] = (
+        self._backlog: collections.deque[tuple[list[Any], ReadOptions, asyncio.Future[Any]]] = (
             collections.deque())
         self._jobs = 0  # read threads working through the backlog
         self._start_scheduled = False
@@ -92,7 +92,7 @@ class Reads:
 
     # ---- queries ------------------------------------------------------------------
 
-    async def query(self, statements: list[Any], transaction: bool) -> list[StatementResult]:
+    async def query(self, statements: list[Any], options: ReadOptions) -> list[StatementResult]:
         """Run read-only statements on the state machine's read connections.
 
         On the loop itself when they finish within INLINE_BUDGET (as for applying, see
@@ -107,13 +107,13 @@ class Reads:
             # Most queries take microseconds: run them here, unless it takes longer (or no
             # read connection is free: then only the threads are waited for).
             started = loop.time()
-            results = query_within(statements, transaction, INLINE_BUDGET)
+            results = query_within(statements, options, INLINE_BUDGET)
             if results is not None:
                 return results  # type: ignore[no-any-return]
             if loop.time() - started >= INLINE_BUDGET:
                 self.inline_off_until = loop.time() + INLINE_BACKOFF
         fut: asyncio.Future[list[StatementResult]] = loop.create_future()
-        self._backlog.append((statements, transaction, fut))
+        self._backlog.append((statements, options, fut))
         if not self._start_scheduled:
             self._start_scheduled = True
             loop.call_soon(self._start_jobs)
@@ -141,13 +141,13 @@ class Reads:
         try:
             while backlog:
                 try:
-                    statements, transaction, fut = backlog.popleft()
+                    statements, options, fut = backlog.popleft()
                 except IndexError:
                     break
                 if fut.done():
                     continue  # its client went away
                 try:
-                    done.append((fut, query(statements, transaction), None))
+                    done.append((fut, query(statements, options), None))
                 except Exception as e:
                     done.append((fut, None, e))
                 if backlog and time.monotonic() - started > _QUERY_SLICE:

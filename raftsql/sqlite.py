@@ -5,15 +5,17 @@ end with byte-identical user tables. What SQLite would otherwise take from the m
 from the entry instead: the clock (a VFS whose xCurrentTimeInt64 returns the entry's time_ms)
 and randomness (random()/randomblob() drawing from a PRNG seeded by the entry's seed).
 
-Group commit: one SQLite transaction per apply() batch, the applied index written in the same
-transaction (blob I/O into raftsql_meta, which moves no counter user SQL can see). A command
+Group commit: one SQLite transaction per apply() batch. The applied index is written in the
+same transaction, into the database header's application_id field (PRAGMA application_id,
+which SQLite writes transactionally and which moves none of the counters user SQL sees), so
+the database holds no table of raftsql's: its schema is exactly the user's. The field has 32
+bits: it holds the index modulo 2^32, and opening resolves it against the end of the Raft log
+(`log_end`), which the applied index never passes and never trails by 2^32 entries. A command
 with the `transaction` flag runs in a SAVEPOINT; without it each statement is atomic on its own
 (SQLite's statement journal), as under rqlite's autocommit. A batch may be cut differently on
 each node, so nothing may depend on where a batch starts: the connection counters
-(last_insert_rowid(), changes(), total_changes()) are stored with the applied index and
-restored on open, so SQL reading them sees the same values on a node that restarted or
-installed a snapshot. total_changes() therefore counts user changes since the database was
-created, not since the connection opened.
+(last_insert_rowid(), changes(), total_changes()) start from zero with every command
+(raftsql/sqlsession.py), and foreign_keys is what the command says (--fk on the leader).
 
 Refused (a per-statement error, identical on every node):
 - BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE: the batch transaction belongs to raftsql; atomic
@@ -22,7 +24,7 @@ Refused (a per-statement error, identical on every node):
 - PRAGMAs that set per-connection state a restarted node would lose (foreign_keys,
   recursive_triggers, ...), PRAGMA optimize (it depends on the connection's query history),
   and rqlite's five disallowed PRAGMAs;
-- writes to raftsql_meta.
+- PRAGMA application_id, read or set: it holds the applied index.
 VACUUM runs between transactions when it is the first statement of a command without the
 `transaction` flag; anywhere else (and VACUUM INTO always) SQLite itself refuses it: "cannot
 VACUUM from within a transaction".
@@ -34,7 +36,7 @@ apply() then redoes the batch from its start, with that statement replayed as th
 Time budgets: apply_within() and query_within() let an event loop run the common, tiny batch
 itself (a single-row write applies in ~20 us; a thread hop costs ~10x that) without ever
 being held up long: a progress handler interrupts user SQL once the budget is spent, the
-batch is rolled back to where it began (counters included), and the caller runs it again
+batch is rolled back to where it began, and the caller runs it again
 with apply() / query() on a thread of its own. Since nothing of an over-budget attempt
 remains, where a batch runs never changes what it does.
 
@@ -51,18 +53,25 @@ import queue
 import random
 import re
 import shutil
-import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
 import apsw
 
-from raftsql.command import Command, StatementResult
+from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import RaftSQLError, StorageError
 from raftsql.sqlparams import BadStatementError, disallowed_pragma, is_empty, validate_statements
-from raftsql.sqlsession import LOCAL_ERRORS, OP_MODES, QUERY_WRITE_ERROR, Session, run_reads
+from raftsql.sqlsession import (
+    LOCAL_ERRORS,
+    OP_MODES,
+    QUERY_WRITE_ERROR,
+    Limits,
+    Session,
+    run_reads,
+)
 
 __all__ = ["BadStatementError", "Database", "QUERY_WRITE_ERROR", "disallowed_pragma",
            "validate_statements"]
@@ -72,24 +81,26 @@ JULIAN_UNIX_EPOCH_MS = 210866760000000
 
 _VACUUM = re.compile(r"\s*vacuum(?:\s+main)?\s*;?\s*", re.IGNORECASE)
 _LEADING_INT = re.compile(r"\s*[+-]?\d+")
-_FILL_COUNTER = ("WITH RECURSIVE n(i) AS (SELECT 1 WHERE ?1 > 0 UNION ALL SELECT i + 1 FROM n "
-                 "WHERE i < ?1) INSERT INTO temp.raftsql_counter SELECT i FROM n")
 _KEEP = object()  # _Replay.rng_state: the statement leaves the PRNG as it is
-
-# The state row of raftsql_meta: version, applied index, then the connection counters.
-_META = struct.Struct("<qqqqq")
-_META_VERSION = 1
-_META_BLOB_SIZE = 64  # room to grow without changing the row's size (blob writes can't resize)
 _vfs_ids = itertools.count(1)
-_PROGRESS_STEPS = 1000  # SQLite VM steps between two checks of a time budget
 CHECKPOINT_PAGES = 1000  # WAL pages after which apply() checkpoints (SQLite's own default)
+_READ = ReadOptions()
+INDEX_MODULUS = 1 << 32  # the header field holding the applied index has 32 bits
 
 
-@dataclass(slots=True)
-class _Counters:
-    last_rowid: int = 0
-    changes: int = 0
-    total: int = 0
+def stored_index(index: int) -> int:
+    """The applied index as PRAGMA application_id takes it: modulo 2^32, as a signed int32."""
+    v = index % INDEX_MODULUS
+    return v - INDEX_MODULUS if v >= 1 << 31 else v
+
+
+def resolve_index(stored: int, log_end: int | None) -> int:
+    """The applied index whose value modulo 2^32 is `stored`: the largest one <= log_end (the
+    Raft log's last index, which applying never passes). Without a log, `stored` itself."""
+    stored %= INDEX_MODULUS
+    if log_end is None or log_end < stored:
+        return stored
+    return log_end - (log_end - stored) % INDEX_MODULUS
 
 
 class _ClockVFS(apsw.VFS):
@@ -113,40 +124,10 @@ class _Replay:
 
     result: StatementResult
     rng_state: Any  # the PRNG after the statement (None: no draw yet in this entry)
-    counters: _Counters | None  # the connection counters after it (None: leave them)
 
 
 class _OverBudget(Exception):
     """apply_within() ran out of time: undo the batch, the caller applies it elsewhere."""
-
-
-class _Budget:
-    """A progress handler: interrupts a connection's user SQL once `deadline` has passed."""
-
-    __slots__ = ("session", "deadline", "spent")
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.deadline: float | None = None
-        self.spent = False
-
-    def __call__(self) -> bool:
-        deadline = self.deadline
-        if deadline is None or self.session.internal or perf_counter() <= deadline:
-            return False  # raftsql's own statements are never interrupted
-        self.spent = True
-        return True
-
-    def start(self, seconds: float) -> None:
-        self.deadline = perf_counter() + seconds
-        self.spent = False
-
-    def over(self) -> bool:
-        return self.spent or (self.deadline is not None and perf_counter() > self.deadline)
-
-    def stop(self) -> None:
-        self.deadline = None
-        self.spent = False
 
 
 class _TransactionLost(Exception):
@@ -162,8 +143,7 @@ class _Batch:
     """Progress through one apply() call. A segment is the part since the last commit point:
     the unit redone when user SQL rolls the transaction back."""
 
-    __slots__ = ("todo", "results", "replays", "position", "segment_start", "segment_applied",
-                 "segment_counters")
+    __slots__ = ("todo", "results", "replays", "position", "segment_start", "segment_applied")
 
     def __init__(self, todo: list[tuple[int, int, Any]], results: list[Any]):
         self.todo = todo
@@ -172,7 +152,6 @@ class _Batch:
         self.position = 0
         self.segment_start = 0
         self.segment_applied = 0
-        self.segment_counters = _Counters()
 
 
 def _decode_command(data: Any) -> Command:
@@ -185,6 +164,8 @@ def _decode_command(data: Any) -> Command:
         raise ValueError(f"bad time {cmd.time_ms!r}")
     if type(cmd.seed) is not int:
         raise ValueError(f"bad seed {cmd.seed!r}")
+    if type(cmd.max_steps) is not int or cmd.max_steps < 0:
+        raise ValueError(f"bad step limit {cmd.max_steps!r}")
     return cmd
 
 
@@ -197,31 +178,36 @@ class Database:
     read-only connections of their own.
     """
 
-    def __init__(self, path: str, *, readers: int = 4):
+    def __init__(self, path: str, *, readers: int = 4, fk: bool = False,
+                 log_end: int | None = None):
+        """`fk`: this node's --fk, for its read connections (what apply enforces is what each
+        command says). `log_end`: the Raft log's last index, to resolve the stored applied
+        index (see the module docstring); None when there is no log."""
         self.path = os.path.abspath(path)
         self._lock = threading.Lock()
         self._vfs = _ClockVFS(f"raftsql-clock-{os.getpid()}-{next(_vfs_ids)}")
         self._rng: random.Random | None = None
         self._seed = 0
-        self._tc_offset = 0  # conn.total_changes() minus what user SQL sees as total_changes()
         self._wal_pages = 0
+        self._fk = False  # foreign_keys on the write connection (SQLite's default)
+        self._reader_fk = fk
         try:
             self._writer = Session(self._open_writer(), writer=True)
-            self._budget = _Budget(self._writer)
-            self._writer.conn.set_progress_handler(self._budget, _PROGRESS_STEPS)
+            self._limits: Limits = self._writer.limits
             # Tracking the WAL's size turns SQLite's automatic checkpoint off: apply() and
             # checkpoint() do it instead, never apply_within() (a checkpoint can't be bounded).
             self._writer.conn.set_wal_hook(self._on_wal_commit)
             self._register_functions()
-            applied, counters = self._init_meta()
-            self._set_counters(counters)
+            stored = self._writer.exec_control("PRAGMA application_id")[0][0]
         except BaseException:
             self._vfs.unregister()
             raise
-        self._applied = applied
-        self._dirty = False  # mark_applied() raised _applied past what raftsql_meta holds
+        self._applied = resolve_index(stored, log_end)
+        self._dirty = False  # mark_applied() raised _applied past what the header holds
+        # When the leader wrote the last command applied (its clock): how old the data is,
+        # for freshness_strict. None until a command is applied.
+        self.applied_time_ms: int | None = None
         self._readers: queue.SimpleQueue[Session] = queue.SimpleQueue()
-        self._reader_budgets: dict[Session, _Budget] = {}
         self._reader_count = 0
         self._max_readers = readers
         self._pool_lock = threading.Lock()
@@ -244,14 +230,15 @@ class Database:
         # Not deterministic to SQLite: ORDER BY random() must draw once per row.
         conn.create_scalar_function("random", self._random, 0)
         conn.create_scalar_function("randomblob", self._randomblob, 1)
-        conn.create_scalar_function("total_changes", self._total_changes, 0)
+        # The counters of the command, not of the connection (raftsql/sqlsession.py).
+        conn.create_scalar_function("changes", self._writer.changes, 0)
+        conn.create_scalar_function("total_changes", self._writer.total_changes, 0)
 
     def _open_reader(self) -> Session:
         conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
-        session = Session(conn, writer=False)
-        budget = self._reader_budgets[session] = _Budget(session)
-        conn.set_progress_handler(budget, _PROGRESS_STEPS)
-        return session
+        if self._reader_fk:
+            conn.execute("PRAGMA foreign_keys=ON")  # so that reading the pragma says so
+        return Session(conn, writer=False)
 
     def _on_wal_commit(self, conn: apsw.Connection, name: str, pages: int) -> int:
         self._wal_pages = pages
@@ -273,58 +260,6 @@ class Database:
         if size > self._writer.conn.limit(apsw.SQLITE_LIMIT_LENGTH):
             raise apsw.TooBigError("string or blob too big")
         return self._entry_rng().randbytes(max(size, 1))
-
-    def _total_changes(self) -> int:
-        return self._writer.conn.total_changes() - self._tc_offset
-
-    # ---- raftsql_meta: the applied index and the connection counters, in one fixed-size blob
-
-    def _init_meta(self) -> tuple[int, _Counters]:
-        """Create raftsql_meta when it is missing (new or restored database) and read it."""
-        w = self._writer
-        try:
-            rows = w.exec_control("SELECT state FROM raftsql_meta WHERE id = 1")
-        except apsw.SQLError:  # no such table, or not ours
-            w.exec_control("DROP TABLE IF EXISTS raftsql_meta")
-            w.exec_control("CREATE TABLE raftsql_meta(id INTEGER PRIMARY KEY, state BLOB NOT NULL)")
-            rows = []
-        state = rows[0][0] if rows else None
-        if type(state) is not bytes or len(state) != _META_BLOB_SIZE:
-            w.exec_control("INSERT OR REPLACE INTO raftsql_meta VALUES(1, zeroblob(?))",
-                           (_META_BLOB_SIZE,))
-            return 0, _Counters()
-        version, applied, last_rowid, changes, total = _META.unpack_from(state)
-        if version == 0:
-            return 0, _Counters()
-        if version != _META_VERSION:
-            raise StorageError(f"raftsql_meta: unsupported state version {version}")
-        return applied, _Counters(last_rowid, changes, total)
-
-    def _write_meta(self) -> None:
-        conn = self._writer.conn
-        state = _META.pack(_META_VERSION, self._applied, conn.last_insert_rowid(), conn.changes(),
-                           self._total_changes())
-        # Blob I/O rather than an UPDATE: it moves none of the counters user SQL can see.
-        blob = conn.blob_open("main", "raftsql_meta", "state", 1, True)
-        try:
-            blob.write(state)
-        finally:
-            blob.close()
-
-    def _counters(self) -> _Counters:
-        conn = self._writer.conn
-        return _Counters(conn.last_insert_rowid(), conn.changes(), self._total_changes())
-
-    def _set_counters(self, counters: _Counters) -> None:
-        """Make last_insert_rowid(), changes() and total_changes() read `counters`."""
-        w = self._writer
-        # Only a statement that changes N rows sets changes() to N: change N rows of a scratch
-        # table in temp (never part of the replicated file), then drop it.
-        w.exec_control("CREATE TEMP TABLE IF NOT EXISTS raftsql_counter(x)")
-        w.exec_control(_FILL_COUNTER, (counters.changes,))
-        w.exec_control("DROP TABLE temp.raftsql_counter")
-        w.conn.set_last_insert_rowid(counters.last_rowid)
-        self._tc_offset = w.conn.total_changes() - counters.total
 
     # ---- applying committed entries
 
@@ -357,18 +292,18 @@ class Database:
         loop): None, with nothing applied, if it would take longer, if it holds a VACUUM
         (which can't be undone), or if another thread is applying. The caller then applies
         the same entries with apply(): the outcome is the same, since a batch that runs out
-        of time is rolled back to where it started, counters included. Never checkpoints:
+        of time is rolled back to where it started. Never checkpoints:
         see checkpoint_due()."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            self._budget.start(seconds)
+            self._limits.start(seconds)
             try:
                 return self._apply_locked(entries)
             except _OverBudget:
                 return None
             finally:
-                self._budget.stop()
+                self._limits.stop()
         finally:
             self._lock.release()
 
@@ -423,34 +358,45 @@ class Database:
     def _start_segment(self, batch: _Batch) -> None:
         batch.segment_start = batch.position
         batch.segment_applied = self._applied
-        batch.segment_counters = self._counters()
         self._writer.exec_control("BEGIN IMMEDIATE")
 
     def _redo_segment(self, batch: _Batch, lost: _TransactionLost) -> None:
         # SQLite rolled back to the segment's start. Run the segment again, the statement that
-        # did it replayed as its failure: the same outcome as on a node whose batch began there.
+        # did it replayed as its failure: the same outcome as on a node whose batch began there
+        # (the counters start afresh with each command, so they come out the same too).
         batch.replays[lost.key] = lost.replay
         batch.position = batch.segment_start
         self._applied = batch.segment_applied
         self._writer.exec_control("BEGIN IMMEDIATE")
-        self._set_counters(batch.segment_counters)
 
     def _commit(self) -> None:
-        self._write_meta()
+        # The applied index, in the same transaction as what it says was applied.
+        self._writer.exec_control(f"PRAGMA application_id = {stored_index(self._applied)}")
         self._writer.exec_control("COMMIT")
         self._dirty = False
+
+    def _outside_transaction(self, batch: _Batch, work: Callable[[], Any]) -> Any:
+        """Commit what the batch applied so far, do `work` (what SQLite can't do inside a
+        transaction), start a new segment. Only before a command's first statement, so the
+        commit holds whole entries; a crash before the entry's own commit replays it."""
+        if self._limits.deadline is not None:
+            raise _OverBudget  # a commit can't be undone
+        self._commit()
+        try:
+            return work()
+        finally:
+            self._start_segment(batch)
 
     def _undo(self, batch: _Batch) -> None:
         """Back to where an over-budget batch started, exactly: apply() redoes it next, and
         must give what it would have given. Nothing was committed (a VACUUM, the one thing
         that commits mid-batch, goes over budget before it runs)."""
         assert batch.segment_start == 0
-        self._budget.stop()
+        self._limits.stop()
         self._applied = batch.segment_applied
         try:
             if self._writer.conn.in_transaction:
                 self._writer.exec_control("ROLLBACK")
-            self._set_counters(batch.segment_counters)
         except apsw.Error as e:
             raise StorageError(f"state machine: undoing a batch: {type(e).__name__}: {e}") from e
 
@@ -459,16 +405,19 @@ class Database:
         with contextlib.suppress(Exception):
             if self._writer.conn.in_transaction:
                 self._writer.exec_control("ROLLBACK")
-            self._set_counters(batch.segment_counters)
 
     def _apply_entry(self, batch: _Batch, pos: int, data: Any) -> list[StatementResult]:
         try:
             cmd = _decode_command(data)
         except Exception as e:  # a corrupt entry is an error result, the same on every node
             return [StatementResult(error=f"invalid command: {e}")]
+        if cmd.fk != self._fk:
+            self._set_foreign_keys(batch, cmd.fk)
         self._vfs.now_ms = cmd.time_ms + JULIAN_UNIX_EPOCH_MS
+        self.applied_time_ms = cmd.time_ms
         self._seed = cmd.seed
         self._rng = None
+        self._writer.start_command(cmd.max_steps, cmd.qualify)
         mode = OP_MODES[cmd.op]
         if cmd.transaction:
             return self._apply_transaction(batch, pos, cmd.statements, mode)
@@ -477,6 +426,13 @@ class Database:
             if not is_empty(stmt):
                 results.append(self._apply_statement(batch, pos, j, stmt, mode, not results))
         return results
+
+    def _set_foreign_keys(self, batch: _Batch, on: bool) -> None:
+        """Enforce foreign keys as the command's leader did (--fk), whatever this node's own
+        flag: the pragma is a no-op inside a transaction, so it is set between two."""
+        self._outside_transaction(batch, lambda: self._writer.exec_control(
+            f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}"))
+        self._fk = on
 
     def _apply_transaction(self, batch: _Batch, pos: int, stmts: list[Any],
                            mode: int) -> list[StatementResult]:
@@ -501,25 +457,23 @@ class Database:
             replay = batch.replays.get((pos, j))
             if replay is not None:
                 return self._replay(replay)
-        budget = self._budget
+        budget = self._limits
         if budget.deadline is not None and budget.over():
             raise _OverBudget  # checked between statements too: many short ones add up
         if first and type(stmt) is str and _VACUUM.fullmatch(stmt):
-            if budget.deadline is not None:
-                raise _OverBudget  # VACUUM commits what came before it: it can't be undone
-            return self._vacuum(batch, pos, j)
+            result = self._outside_transaction(batch, self._vacuum)
+            batch.replays[(pos, j)] = _Replay(result, _KEEP)  # if the segment is redone
+            return result
         result = self._writer.run(stmt, mode)
         if budget.spent:
             raise _OverBudget  # the statement was interrupted: its error is not its outcome
         if result.error is not None and not self._writer.conn.in_transaction:
             rng = self._rng
-            replay = _Replay(result, rng.getstate() if rng else None, self._counters())
+            replay = _Replay(result, rng.getstate() if rng else None)
             raise _TransactionLost((pos, j), replay)
         return result
 
     def _replay(self, replay: _Replay) -> StatementResult:
-        if replay.counters is not None:
-            self._set_counters(replay.counters)
         if replay.rng_state is not _KEEP:
             self._rng = None
             if replay.rng_state is not None:
@@ -527,30 +481,23 @@ class Database:
                 self._rng.setstate(replay.rng_state)
         return replay.result
 
-    def _vacuum(self, batch: _Batch, pos: int, j: int) -> StatementResult:
-        """VACUUM can't run in a transaction: commit the segment, vacuum, start the next one.
-
-        Only a command's first statement gets here, so the commit holds whole entries; a crash
-        before the entry's own commit replays it, VACUUM included, which is harmless.
-        """
+    def _vacuum(self) -> StatementResult:
+        """VACUUM, between two transactions (replaying it after a crash is harmless)."""
         start = perf_counter()
-        self._commit()
         w = self._writer
         try:
             w.exec_control("VACUUM")  # internal: VACUUM attaches and begins under the hood
-            result = StatementResult(last_insert_id=w.conn.last_insert_rowid(),
-                                     rows_affected=w.conn.changes(), time=perf_counter() - start)
+            result = StatementResult(time=perf_counter() - start)
         except LOCAL_ERRORS:
             raise
         except apsw.Error as e:
             result = StatementResult(error=str(e), time=perf_counter() - start)
-        batch.replays[(pos, j)] = _Replay(result, _KEEP, None)
-        self._start_segment(batch)
+        w.reset_counters()  # what VACUUM does inside changes nothing of the user's
         return result
 
     # ---- reads
 
-    def query(self, stmts: list[Any], transaction: bool = False) -> list[StatementResult]:
+    def query(self, stmts: list[Any], options: ReadOptions = _READ) -> list[StatementResult]:
         """Run reads on a read-only connection of the pool (any thread).
 
         A statement that writes fails with rqlite's "attempt to change database via query
@@ -558,21 +505,21 @@ class Database:
         """
         session = self._acquire_reader()
         try:
-            return run_reads(session, stmts, transaction)
+            return run_reads(session, stmts, options)
         finally:
             self._release_reader(session)
 
-    def query_within(self, stmts: list[Any], transaction: bool, seconds: float
+    def query_within(self, stmts: list[Any], options: ReadOptions, seconds: float
                      ) -> list[StatementResult] | None:
         """query(), for a caller that must not be held up longer than `seconds` (an event
         loop): None if it would take longer, or if no read connection is free right now."""
         session = self._try_acquire_reader()
         if session is None:
             return None
-        budget = self._reader_budgets[session]
+        budget = session.limits
         budget.start(seconds)
         try:
-            results = run_reads(session, stmts, transaction)
+            results = run_reads(session, stmts, options)
             return None if budget.spent else results  # spent: a statement was interrupted
         finally:
             budget.stop()
@@ -629,6 +576,7 @@ class Database:
         with self._lock:
             if self._dirty:
                 self._apply_batch(_Batch([], []))
+            applied = self._applied
         _remove_db_files(path)
         source = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
@@ -637,20 +585,17 @@ class Database:
                 with target.backup("main", source, "main") as backup:
                     backup.step()
                 target.execute("PRAGMA journal_mode=DELETE").fetchall()
-                row = target.execute("SELECT state FROM raftsql_meta WHERE id = 1").fetchone()
             finally:
                 target.close()
         finally:
             source.close()
         _fsync_file(path)
-        return _META.unpack_from(row[0])[1] if row else 0
+        return applied
 
-    def restore(self, path: str, applied_index: int | None = None) -> None:
-        """Replace the database with the SQLite file at `path` (InstallSnapshot, or a load).
-
-        The applied index and counters come from the file's raftsql_meta (zero when it has
-        none), or applied_index when given. Readers see the old or the new database, never a mix.
-        Raises ValueError when `path` is not a SQLite database.
+    def restore(self, path: str, applied_index: int) -> None:
+        """Replace the database with the SQLite file at `path` (InstallSnapshot, or a load),
+        which then holds everything up to `applied_index`. Readers see the old or the new
+        database, never a mix. Raises ValueError when `path` is not a SQLite database.
         """
         with self._lock:
             source_path = self._prepare_restore_source(path)
@@ -663,14 +608,9 @@ class Database:
                     source.close()
             finally:
                 _remove_db_files(source_path)
-            applied, counters = self._init_meta()
-            if applied_index is not None:
-                applied = applied_index
-            self._applied = applied
-            self._set_counters(counters)
-            self._dirty = applied_index is not None
-            if self._dirty:
-                self._apply_batch(_Batch([], []))  # store the given index now
+            self._applied = applied_index
+            self._dirty = True
+            self._apply_batch(_Batch([], []))  # store the index now
 
     def _prepare_restore_source(self, path: str) -> str:
         """A private copy of `path` with this database's page size (a WAL-mode backup target

@@ -2,6 +2,12 @@
 
 Shared by the write path (apply, on the one read-write connection) and the read path (query,
 on a pool of read-only connections); raftsql/sqlite.py owns the connections and transactions.
+
+The connection counters user SQL can see (last_insert_rowid(), changes(), total_changes(), and
+the last_insert_id / rows_affected of a result) count from the start of each command on the
+write connection: as if every request ran on a connection of its own. A node that restarted,
+installed a snapshot or cut the log into other batches therefore reports exactly what the
+others report, and nothing of raftsql's own bookkeeping ever shows in them.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from typing import Any
 
 import apsw
 
-from raftsql.command import StatementResult
+from raftsql.command import ReadOptions, StatementResult
 from raftsql.errors import StorageError
 from raftsql.sqlparams import BadStatementError, NamedParams, decode_statement, is_empty
 
 QUERY_WRITE_ERROR = "attempt to change database via query operation"
+EXECUTE_TIMEOUT = "execute timeout"  # rqlite's words for a statement past db_timeout
+QUERY_TIMEOUT = "query timeout"
 
 MODE_EXECUTE = 0  # rows only from statements that write and return rows (RETURNING)
 MODE_REQUEST = 1  # rows from every statement that returns columns (/db/request)
@@ -32,11 +40,14 @@ LOCAL_ERRORS = (
     apsw.NoMemError, apsw.BusyError, apsw.ProtocolError, apsw.ReadOnlyError,
 )
 
+PROGRESS_STEPS = 1000  # SQLite VM steps between two calls of a connection's progress handler
+
 _TXN_REFUSED = ("explicit transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) "
                 "is not supported: use the transaction flag")
 _ATTACH_REFUSED = "ATTACH and DETACH are not supported: a cluster replicates one database"
-_META_REFUSED = "raftsql_meta is maintained by raftsql and cannot be modified"
 _OPTIMIZE_REFUSED = "PRAGMA optimize is not deterministic across nodes: use ANALYZE"
+_APPLICATION_ID_REFUSED = ("PRAGMA application_id is reserved: raftsql keeps the applied log "
+                           "index in that header field")
 # Settings that live in the connection, not the file: a restarted node would silently lose them.
 _CONNECTION_PRAGMAS = frozenset((
     "foreign_keys", "defer_foreign_keys", "recursive_triggers", "reverse_unordered_selects",
@@ -47,27 +58,39 @@ _CONNECTION_PRAGMAS = frozenset((
     "journal_mode", "wal_autocheckpoint", "synchronous", "query_only",
 ))
 _RQLITE_DISALLOWED = ("journal_mode", "wal_autocheckpoint", "synchronous", "query_only")
-_TABLE_WRITES = (apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE, apsw.SQLITE_DROP_TABLE)
+# Pragmas whose argument names what to report on: with it they still only read.
+_READ_ARGUMENT_PRAGMAS = frozenset((
+    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list",
+    "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check",
+))
 _BINDINGS_COUNT = re.compile(r"uses (\d+) and there are (\d+) supplied.*offset is (\d+)", re.S)
 _NO_BINDINGS = re.compile(r"Statement has (\d+) bindings but you didn't supply any")
+_UNNAMED_BINDING = re.compile(r"Binding (\d+) has no name")
 
 
-def _refusal(code: int, arg1: str | None, arg2: str | None) -> str | None:
+def pragma_reads(name: str, arg: str | None) -> bool:
+    """Whether `PRAGMA name[=arg | (arg)]` only reports (SQLite's authorizer gives name, arg)."""
+    return arg is None or name.lower() in _READ_ARGUMENT_PRAGMAS
+
+
+def _refusal(code: int, arg1: str | None, arg2: str | None, mode: int) -> str | None:
     """Why user SQL may not do this (authorizer action), or None when it may."""
     if code == apsw.SQLITE_TRANSACTION or code == apsw.SQLITE_SAVEPOINT:
         return _TXN_REFUSED
     if code == apsw.SQLITE_ATTACH or code == apsw.SQLITE_DETACH:
         return _ATTACH_REFUSED
     if code == apsw.SQLITE_PRAGMA:
-        return _pragma_refusal((arg1 or "").lower(), arg2)
-    if code in _TABLE_WRITES and arg1 == "raftsql_meta":
-        return _META_REFUSED
-    if code in (apsw.SQLITE_ALTER_TABLE, apsw.SQLITE_CREATE_TRIGGER) and arg2 == "raftsql_meta":
-        return _META_REFUSED
+        name = (arg1 or "").lower()
+        reason = _pragma_refusal(name, arg2)
+        if reason is None and mode == MODE_QUERY and not pragma_reads(name, arg2):
+            reason = QUERY_WRITE_ERROR  # a setting would change a pooled read connection
+        return reason
     return None
 
 
 def _pragma_refusal(name: str, value: str | None) -> str | None:
+    if name == "application_id":
+        return _APPLICATION_ID_REFUSED
     if name == "optimize":
         return _OPTIMIZE_REFUSED
     if name == "wal_checkpoint" or (value is not None and name in _RQLITE_DISALLOWED):
@@ -76,6 +99,90 @@ def _pragma_refusal(name: str, value: str | None) -> str | None:
         return (f"PRAGMA {name} cannot be set: it is per-connection state, "
                 "which a restarted node would lose")
     return None
+
+
+class Limits:
+    """A connection's progress handler, called every PROGRESS_STEPS VM steps; it interrupts
+    user SQL (never raftsql's own statements) for three reasons:
+
+    - a time budget (`start()`): apply_within()/query_within() give up, `spent` is set, and
+      the caller redoes the work elsewhere;
+    - a step limit per statement (`max_steps`, db_timeout on the write path): counted, not
+      timed, so every node stops the same statement at the same point;
+    - a time limit per statement (`statement_seconds`, db_timeout on the read path).
+    `timed_out` tells the last two from the first.
+    """
+
+    __slots__ = ("session", "deadline", "spent", "max_steps", "statement_seconds", "calls",
+                 "statement_deadline", "timed_out")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.deadline: float | None = None
+        self.spent = False
+        self.max_steps = 0
+        self.statement_seconds = 0.0
+        self.calls = 0
+        self.statement_deadline: float | None = None
+        self.timed_out = False
+
+    def __call__(self) -> bool:
+        if self.session.internal:
+            return False
+        if self.max_steps:
+            self.calls += 1
+            if self.calls * PROGRESS_STEPS > self.max_steps:
+                self.timed_out = True
+                return True
+        if self.deadline is None and self.statement_deadline is None:
+            return False
+        now = perf_counter()
+        if self.statement_deadline is not None and now > self.statement_deadline:
+            self.timed_out = True
+            return True
+        if self.deadline is not None and now > self.deadline:
+            self.spent = True
+            return True
+        return False
+
+    def statement_started(self) -> None:
+        self.calls = 0
+        self.timed_out = False
+        if self.statement_seconds:
+            self.statement_deadline = perf_counter() + self.statement_seconds
+
+    def start(self, seconds: float) -> None:
+        self.deadline = perf_counter() + seconds
+        self.spent = False
+
+    def over(self) -> bool:
+        return self.spent or (self.deadline is not None and perf_counter() > self.deadline)
+
+    def stop(self) -> None:
+        self.deadline = None
+        self.spent = False
+
+
+_steps_per_second = 0.0
+
+
+def steps_for(seconds: float) -> int:
+    """db_timeout as a count of VM steps, at the speed this machine runs SQLite (measured
+    once): what the leader puts in a command, so every node interrupts at the same step."""
+    global _steps_per_second
+    if seconds <= 0:
+        return 0
+    if not _steps_per_second:
+        conn = apsw.Connection(":memory:")
+        calls = [0]
+        conn.set_progress_handler(lambda: calls.__setitem__(0, calls[0] + 1) or False,
+                                  PROGRESS_STEPS)
+        start = perf_counter()
+        conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                     "WHERE i < 100000) SELECT count(*) FROM n").fetchall()
+        _steps_per_second = calls[0] * PROGRESS_STEPS / max(perf_counter() - start, 1e-6)
+        conn.close()
+    return max(PROGRESS_STEPS, int(seconds * _steps_per_second))
 
 
 class Session:
@@ -88,30 +195,59 @@ class Session:
     """
 
     __slots__ = ("conn", "cursor", "control", "writer", "internal", "deny", "desc", "readonly",
-                 "rows", "nstmt", "mode")
+                 "rows", "nstmt", "mode", "limits", "pragma", "qualify", "base_total")
 
     def __init__(self, conn: apsw.Connection, writer: bool):
         self.conn = conn
         self.writer = writer
         self.internal = False
         self.deny: str | None = None
-        self.desc: tuple[tuple[str, str | None], ...] = ()
+        self.desc: tuple[tuple[str, str | None], ...] | list[tuple[str, str | None]] = ()
         self.readonly = True
+        self.pragma = False  # the statement being prepared is a PRAGMA that only reads
+        self.qualify = False
         self.rows: list[tuple[Any, ...]] = []
         self.nstmt = 0
         self.mode = MODE_QUERY
+        self.base_total = conn.total_changes()
         conn.authorizer = self._authorize
         conn.set_busy_timeout(5000)
+        self.limits = Limits(self)
+        conn.set_progress_handler(self.limits, PROGRESS_STEPS)
         self.cursor = conn.cursor()
         self.cursor.exec_trace = self._trace
         self.control = conn.cursor()  # untraced, for raftsql's own statements
+
+    # ---- the counters user SQL sees, from the start of the command
+
+    def start_command(self, max_steps: int = 0, qualify: bool = False) -> None:
+        self.limits.max_steps = max_steps
+        self.qualify = qualify
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.conn.set_last_insert_rowid(0)
+        self.base_total = self.conn.total_changes()
+
+    def changes(self) -> int:
+        """changes() of this command: 0 until one of its statements changed something.
+        (A statement changing no rows sets SQLite's changes() to 0, and moves no total.)"""
+        conn = self.conn
+        return conn.changes() if conn.total_changes() != self.base_total else 0
+
+    def total_changes(self) -> int:
+        return self.conn.total_changes() - self.base_total
+
+    # ---- hooks
 
     def _authorize(self, code: int, arg1: str | None, arg2: str | None, db: str | None,
                    trigger: str | None) -> int:
         if self.internal:
             return apsw.SQLITE_OK
-        reason = _refusal(code, arg1, arg2)
+        reason = _refusal(code, arg1, arg2, self.mode)
         if reason is None:
+            if code == apsw.SQLITE_PRAGMA:
+                self.pragma = True
             return apsw.SQLITE_OK
         self.deny = reason
         return apsw.SQLITE_DENY
@@ -120,16 +256,26 @@ class Session:
         if self.nstmt:
             del self.rows[:]  # a multi-statement string reports its last statement, as Go's driver
         self.nstmt += 1
-        self.desc = cursor.getdescription()
+        self.desc = self._describe(cursor) if self.qualify else cursor.getdescription()
         self.readonly = cursor.is_readonly
+        pragma, self.pragma = self.pragma, False
+        self.limits.statement_started()
         if type(bindings) is NamedParams and len(bindings) < cursor.bindings_count:
             self.deny = (f"not enough args to execute query: want {cursor.bindings_count} "
                          f"got {len(bindings)}")
             return False
-        if self.mode == MODE_QUERY and not self.readonly:
+        if self.mode == MODE_QUERY and not self.readonly and not pragma:
+            # A pragma that reads may still count as a write to SQLite (journal_mode): the
+            # authorizer refused the ones that set something, the read-only connection the rest.
             self.deny = QUERY_WRITE_ERROR
             return False
         return True
+
+    @staticmethod
+    def _describe(cursor: apsw.Cursor) -> list[tuple[str, str | None]]:
+        """qualify_columns: `table.column` for columns that come from a table (as rqlite)."""
+        return [(f"{table}.{name}" if table else name, decltype)
+                for name, decltype, _db, table, _origin in cursor.description_full]
 
     @contextlib.contextmanager
     def internal_sql(self) -> Iterator[apsw.Cursor]:
@@ -143,6 +289,8 @@ class Session:
         # Never cached: a cached BEGIN would later skip the authorizer for the user's own BEGIN.
         with self.internal_sql() as cur:
             return cur.execute(sql, bindings, can_cache=False).fetchall()
+
+    # ---- running a statement
 
     def run(self, stmt: Any, mode: int) -> StatementResult:
         """Execute one statement element; SQL errors become the result's error."""
@@ -161,6 +309,10 @@ class Session:
         """Run `sql` to completion; the error text, or None."""
         try:
             self._step_all(sql, bindings)
+        except apsw.InterruptError as e:
+            if self.limits.timed_out:
+                return QUERY_TIMEOUT if self.mode == MODE_QUERY else EXECUTE_TIMEOUT
+            return str(e)
         except LOCAL_ERRORS as e:
             if self.writer and not (isinstance(e, apsw.FullError) and self._autoincrement_spent()):
                 raise StorageError(f"state machine: {type(e).__name__}: {e}") from e
@@ -179,10 +331,14 @@ class Session:
     def _step_all(self, sql: str, bindings: Any) -> None:
         self.nstmt = 0
         self.deny = None
+        self.pragma = False
         self.desc = ()
         rows = self.rows = []
         append = rows.append
-        for row in self.cursor.execute(sql, bindings):
+        # A statement under a step limit is prepared afresh: SQLite counts a cached statement's
+        # steps across its runs, so where the handler fires would differ between nodes.
+        cache = not self.limits.max_steps
+        for row in self.cursor.execute(sql, bindings, can_cache=cache):
             append(row)
 
     def _autoincrement_spent(self) -> bool:
@@ -199,9 +355,8 @@ class Session:
         if (desc and (mode != MODE_EXECUTE or not self.readonly)) or mode == MODE_QUERY:
             return StatementResult(columns=[d[0] for d in desc], decltypes=[d[1] for d in desc],
                                    rows=self.rows, time=elapsed)
-        conn = self.conn
-        return StatementResult(last_insert_id=conn.last_insert_rowid(),
-                               rows_affected=conn.changes(), time=elapsed)
+        return StatementResult(last_insert_id=self.conn.last_insert_rowid(),
+                               rows_affected=self.changes(), time=elapsed)
 
 
 def _message(e: Exception, mode: int) -> str:
@@ -220,6 +375,7 @@ def _trimmed_bindings(e: apsw.BindingsError, bindings: Any) -> list[Any] | None:
 
 
 def _bindings_message(e: apsw.BindingsError, bindings: Any) -> str:
+    """apsw's binding errors in the words rqlite's Go driver uses (or plain SQL words)."""
     got = len(bindings) if bindings is not None else 0
     m = _BINDINGS_COUNT.search(str(e))
     if m is not None:
@@ -230,11 +386,18 @@ def _bindings_message(e: apsw.BindingsError, bindings: Any) -> str:
     m = _NO_BINDINGS.search(str(e))
     if m is not None:
         return f"not enough args to execute query: want {m.group(1)} got 0"
-    return str(e)
+    m = _UNNAMED_BINDING.search(str(e))
+    if m is not None:
+        return (f"parameter {int(m.group(1)) + 1} is a ? placeholder, which named parameters "
+                "cannot bind: pass positional parameters")
+    return "the parameters do not match the statement's placeholders"
 
 
-def run_reads(session: Session, stmts: list[Any], transaction: bool) -> list[StatementResult]:
+def run_reads(session: Session, stmts: list[Any], options: ReadOptions) -> list[StatementResult]:
     results: list[StatementResult] = []
+    transaction = options.transaction
+    session.limits.statement_seconds = options.db_timeout
+    session.qualify = options.qualify
     if transaction:
         session.exec_control("BEGIN")
     try:
@@ -246,6 +409,9 @@ def run_reads(session: Session, stmts: list[Any], transaction: bool) -> list[Sta
             if transaction and result.error is not None:
                 break
     finally:
+        session.limits.statement_seconds = 0.0
+        session.limits.statement_deadline = None
+        session.qualify = False
         if not session.conn.get_autocommit():
             session.exec_control("ROLLBACK")
     return results

@@ -43,9 +43,10 @@ class Counter:
             json.dump(self.data, f)
         return self.applied
 
-    def restore(self, path: str) -> None:
+    def restore(self, path: str, index: int) -> None:
         with open(path) as f:
             self.data = json.load(f)
+        self.applied = index
 
     def close(self) -> None:
         pass

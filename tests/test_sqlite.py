@@ -15,13 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 import apsw
 import pytest
 
-from raftsql.command import Command, StatementResult
+from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import RaftSQLError
 from raftsql.sqlite import (
     QUERY_WRITE_ERROR,
     BadStatementError,
     Database,
     disallowed_pragma,
+    resolve_index,
+    stored_index,
     validate_statements,
 )
 
@@ -212,42 +214,97 @@ def test_mark_applied_is_folded_into_the_next_commit(tmp_path):
         assert rows(d, "SELECT x FROM t") == [(2,)]
 
 
-def test_bookkeeping_never_shows_in_counters(tmp_path):
+def test_counters_count_from_the_start_of_each_command(tmp_path):
+    """last_insert_rowid(), changes(), total_changes() and the reported last_insert_id and
+    rows_affected start from zero with every command: whatever came before (other batches,
+    a restart, a snapshot), every node reports the same."""
     path = str(tmp_path / "db.sqlite")
     counters = "SELECT changes(), total_changes(), last_insert_rowid()"
     with Database(path) as d:
         one(d, 1, ["CREATE TABLE t (x)", "INSERT INTO t VALUES(1), (2), (3)"])
         (r,) = one(d, 2, [counters], op="request")
-        assert r.rows == [(3, 3, 3)]
-        (ddl,) = one(d, 3, ["CREATE TABLE u (y)"])  # DDL reports what the last DML left
-        assert (ddl.last_insert_id, ddl.rows_affected) == (3, 3)
-        d.mark_applied(4)
-        (r,) = one(d, 5, [counters], op="request")
-        assert r.rows == [(3, 3, 3)]
+        assert r.rows == [(0, 0, 0)]
+        (ddl,) = one(d, 3, ["CREATE TABLE u (y)"])
+        assert (ddl.last_insert_id, ddl.rows_affected) == (0, 0)
+        ins, ddl, r = one(d, 4, ["INSERT INTO t VALUES(4), (5)", "CREATE TABLE v (z)", counters],
+                          op="request")
+        # within a command, as in rqlite: DDL reports what the last DML left
+        assert (ins.last_insert_id, ins.rows_affected) == (5, 2)
+        assert (ddl.last_insert_id, ddl.rows_affected) == (5, 2)
+        assert r.rows == [(2, 2, 5)]
+        none, r = one(d, 5, ["UPDATE t SET x = 0 WHERE 0", counters], op="request")
+        assert none.rows_affected == 0 and r.rows == [(0, 0, 0)]
     with Database(path) as d:  # a restarted node sees what the others see
-        (r,) = one(d, 6, [counters], op="request")
-        assert r.rows == [(3, 3, 3)]
-        (w,) = one(d, 7, ["UPDATE t SET x = x + 1 WHERE x > 1"])
-        assert (w.last_insert_id, w.rows_affected) == (3, 2)
-        (r,) = one(d, 8, [counters], op="request")
-        assert r.rows == [(2, 5, 3)]
+        (w,) = one(d, 6, ["UPDATE t SET x = x + 1 WHERE x > 1"])
+        assert (w.last_insert_id, w.rows_affected) == (0, 4)
+        (r,) = one(d, 7, [counters], op="request")
+        assert r.rows == [(0, 0, 0)]
 
 
-def test_raftsql_meta_cannot_be_touched_by_user_sql(db):
+def user_schema(path: str) -> list:
+    """What a client can learn of the schema, through every way SQLite offers."""
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return [conn.execute(sql).fetchall() for sql in (
+            "SELECT type, name FROM sqlite_master ORDER BY name",
+            "SELECT type, name FROM sqlite_schema ORDER BY name",
+            "SELECT schema, name FROM pragma_table_list ORDER BY schema, name",
+        )]
+    finally:
+        conn.close()
+
+
+def test_the_schema_is_exactly_the_users(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    expected = [[("table", "t")], [("table", "t")],
+                [("main", "sqlite_schema"), ("main", "t"), ("temp", "sqlite_temp_schema")]]
+    with Database(path) as d:
+        assert user_schema(path)[0] == []
+        one(d, 1, ["CREATE TABLE t (x)"])
+        d.mark_applied(2)
+        assert user_schema(path) == expected
+        # the write connection too (a strong read, or /db/request with a write, run on it)
+        (master, tables) = one(d, 3, ["SELECT name FROM sqlite_master",
+                                      "SELECT schema, name FROM pragma_table_list"], op="query")
+        assert master.rows == [("t",)] and ("temp", "sqlite_temp_schema") in tables.rows
+        assert [r for r in tables.rows if "raftsql" in r[1]] == []
+        d.snapshot(str(tmp_path / "snap.sqlite"))
+    assert user_schema(str(tmp_path / "snap.sqlite")) == expected
+    with Database(path) as d:
+        assert d.applied_index() == 3 and user_schema(path) == expected
+    with Database(str(tmp_path / "b.sqlite")) as b:
+        b.restore(str(tmp_path / "snap.sqlite"), 3)
+        assert b.applied_index() == 3 and user_schema(b.path) == expected
+
+
+def test_application_id_holds_the_index_and_users_cannot_touch_it(db):
     one(db, 1, ["CREATE TABLE t (x)"])
     errors = [r.error for r in one(db, 2, [
-        "UPDATE raftsql_meta SET state = x''", "DELETE FROM raftsql_meta",
-        "INSERT INTO raftsql_meta VALUES(2, x'00')", "DROP TABLE raftsql_meta",
-        "ALTER TABLE raftsql_meta RENAME TO x",
-        "CREATE TRIGGER tr BEFORE INSERT ON raftsql_meta BEGIN SELECT 1; END"])]
-    assert all(e == "raftsql_meta is maintained by raftsql and cannot be modified"
-               for e in errors), errors
-    # A trigger body is authorized when the trigger fires.
-    trigger, fire = one(db, 3, [
-        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN DELETE FROM raftsql_meta; END",
+        "PRAGMA application_id", "PRAGMA application_id = 7",
+        "SELECT * FROM pragma_application_id"], op="request")]
+    assert all(e.startswith("PRAGMA application_id is reserved") for e in errors), errors
+    assert db.query(["PRAGMA application_id"])[0].error.startswith("PRAGMA application_id is")
+    trigger, fire = one(db, 3, [  # a trigger body is authorized when the trigger fires
+        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT * FROM pragma_application_id; END",
         "INSERT INTO t VALUES(1)"])
-    assert trigger.error is None and fire.error == errors[0]
+    assert trigger.error is None and fire.error.startswith("PRAGMA application_id is")
     assert db.applied_index() == 3
+    conn = apsw.Connection(db.path, flags=apsw.SQLITE_OPEN_READONLY)
+    assert conn.execute("PRAGMA application_id").fetchall() == [(3,)]
+    conn.close()
+
+
+@pytest.mark.parametrize("index", [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 5, 3 * 2**32 + 1])
+def test_the_applied_index_is_stored_modulo_2_32_and_resolved_against_the_log(tmp_path, index):
+    assert resolve_index(stored_index(index), index) == index
+    for log_end in (index + 1, index + 1000, index + 2**32 - 1):
+        assert resolve_index(stored_index(index), log_end) == index  # the log ran further
+    path = str(tmp_path / "db.sqlite")
+    with Database(path) as d:
+        d.apply([entry(index or 1, ["CREATE TABLE t (x)"])])
+    with Database(path, log_end=(index or 1) + 77) as d:
+        assert d.applied_index() == (index or 1)
+        assert d.apply([entry(index or 1, ["CREATE TABLE t (x)"])]) == [None]  # not again
 
 
 # ---- statement semantics ------------------------------------------------------------------
@@ -383,11 +440,36 @@ def test_sql_that_would_break_determinism_is_refused(db, sql, error):
 
 
 def test_harmless_pragmas_still_work(db):
-    user_version, read, info = one(db, 1, [
-        "PRAGMA user_version = 7", "PRAGMA foreign_keys", "PRAGMA table_info(raftsql_meta)"],
-        op="request")
+    create, user_version, read, info = one(db, 1, [
+        "CREATE TABLE t (a, b)", "PRAGMA user_version = 7", "PRAGMA foreign_keys",
+        "PRAGMA table_info(t)"], op="request")
     assert user_version.error is None and read.rows == [(0,)] and len(info.rows) == 2
     assert rows(db, "PRAGMA user_version") == [(7,)]
+
+
+def test_pragmas_that_only_read_work_on_the_read_path(db):
+    one(db, 1, ["CREATE TABLE p (id INTEGER PRIMARY KEY, v TEXT UNIQUE)",
+                "CREATE INDEX pv ON p(v, id)", "PRAGMA user_version = 3"])
+    for sql, expected in [
+        ("PRAGMA journal_mode", [("wal",)]), ("PRAGMA main.journal_mode", [("wal",)]),
+        ("PRAGMA foreign_keys", [(0,)]), ("PRAGMA user_version", [(3,)]),
+        ("PRAGMA synchronous", None), ("PRAGMA table_info(p)", None),
+        ("PRAGMA main.table_info('p')", None), ("PRAGMA index_list(p)", None),
+        ("PRAGMA index_info(pv)", None), ("PRAGMA foreign_key_list(p)", []),
+        ("PRAGMA integrity_check", [("ok",)]), ("PRAGMA quick_check(p)", [("ok",)]),
+        ("PRAGMA table_list", None), ("SELECT name FROM pragma_table_info('p')", None),
+        ("PRAGMA compile_options", None), ("PRAGMA page_count", None),
+    ]:
+        (r,) = db.query([sql])
+        assert r.error is None, (sql, r.error)
+        assert expected is None or r.rows == expected, (sql, r.rows)
+    # a setting would change a pooled connection, or the file: refused as any write is
+    for sql in ["PRAGMA user_version = 4", "PRAGMA cache_size = 10", "PRAGMA main.cache_size(10)",
+                "PRAGMA busy_timeout = 1", "PRAGMA incremental_vacuum", "PRAGMA foreign_keys = 1"]:
+        (r,) = db.query([sql])
+        assert r.error is not None, sql
+    assert db.query(["PRAGMA cache_size"])[0].rows == db.query(["PRAGMA cache_size"])[0].rows
+    assert rows(db, "PRAGMA user_version") == [(3,)]
 
 
 def test_spent_autoincrement_is_an_sql_error_not_a_disk_failure(db):
@@ -457,12 +539,12 @@ def test_apply_within_leaves_vacuum_to_apply(db):
 
 def test_query_within_budget(db):
     one(db, 1, ["CREATE TABLE t (x)", "INSERT INTO t VALUES(1)"])
-    (r,) = db.query_within(["SELECT x FROM t"], False, 60.0)
+    (r,) = db.query_within(["SELECT x FROM t"], ReadOptions(), 60.0)
     assert r.rows == [(1,)]
     slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000000) "
             "SELECT count(*) FROM n")
-    assert db.query_within(["SELECT x FROM t", slow], True, 0.01) is None
-    assert db.query_within(["SELECT x FROM t"], True, 60.0)[0].rows == [(1,)]  # usable again
+    assert db.query_within(["SELECT x FROM t", slow], ReadOptions(True), 0.01) is None
+    assert db.query_within(["SELECT x FROM t"], ReadOptions(True), 60.0)[0].rows == [(1,)]
 
 
 def test_the_wal_is_checkpointed_by_apply_not_apply_within(db):
@@ -584,7 +666,7 @@ def test_writes_through_query_fail_with_rqlite_text(db):
 def test_query_transaction_stops_at_first_error(db):
     one(db, 1, ["CREATE TABLE foo (x)", "INSERT INTO foo VALUES(1)"])
     results = db.query(["SELECT x FROM foo", "SELECT * FROM nonsense", "SELECT 2"],
-                       transaction=True)
+                       ReadOptions(transaction=True))
     assert [r.error for r in results] == [None, "no such table: nonsense"]
     assert len(db.query(["SELECT x FROM foo", "SELECT * FROM nonsense", "SELECT 2"])) == 3
     assert db.query(["SELECT x FROM foo"])[0].rows == [(1,)]  # the connection is usable again
@@ -636,7 +718,7 @@ def test_snapshot_restore_round_trip(tmp_path):
         assert f.read(16) == b"SQLite format 3\x00"
     with Database(str(tmp_path / "b.sqlite")) as target:
         target.apply([entry(1, ["CREATE TABLE junk (x)"])])
-        target.restore(snap)
+        target.restore(snap, len(entries) + 1)
         assert target.applied_index() == len(entries) + 1
         assert target.apply(entries) == [None] * len(entries)
         assert outcome(target.apply(later)) == outcome(source.apply(later))
@@ -667,5 +749,104 @@ def test_restore_refuses_what_is_not_a_database(tmp_path):
     with Database(str(tmp_path / "db.sqlite")) as d:
         d.apply([entry(1, ["CREATE TABLE t (x)"])])
         with pytest.raises(ValueError, match="not a SQLite database"):
-            d.restore(str(junk))
+            d.restore(str(junk), 5)
         assert d.applied_index() == 1 and rows(d, "SELECT count(*) FROM t") == [(0,)]
+
+
+# ---- foreign keys (--fk), db_timeout, qualify_columns -------------------------------------
+
+FK = [
+    {"stmts": ["CREATE TABLE parent (id INTEGER PRIMARY KEY)",
+               "CREATE TABLE child (id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent(id))",
+               "INSERT INTO parent VALUES(1)"]},
+    {"stmts": ["INSERT INTO child VALUES(1, 1)", "INSERT INTO child VALUES(2, 99)",
+               "DELETE FROM parent WHERE id = 1"], "fk": True},
+    {"stmts": ["INSERT INTO child VALUES(3, 98)"]},  # a leader without --fk: not enforced
+    {"stmts": ["INSERT INTO child VALUES(4, 97)", "PRAGMA foreign_keys"], "fk": True,
+     "op": "request"},
+]
+
+
+def test_foreign_keys_are_enforced_as_the_entry_says_however_batched(tmp_path):
+    entries = [(i, Command("request" if c.get("op") else "execute", c["stmts"], False, T0, 1,
+                           fk=c.get("fk", False)).encode()) for i, c in enumerate(FK, 1)]
+    together = apply_in_batches(str(tmp_path / "a.sqlite"), entries, [])
+    apart = apply_in_batches(str(tmp_path / "b.sqlite"), entries, [1, 2, 3])
+    assert outcome(together) == outcome(apart)
+    assert dump(str(tmp_path / "a.sqlite")) == dump(str(tmp_path / "b.sqlite"))
+    assert [r.error for r in together[1]] == [None, "FOREIGN KEY constraint failed",
+                                              "FOREIGN KEY constraint failed"]
+    assert together[2][0].error is None
+    assert together[3][0].error == "FOREIGN KEY constraint failed"
+    assert together[3][1].rows == [(1,)]
+    with Database(str(tmp_path / "a.sqlite"), fk=True) as d:  # what a node with --fk reads
+        assert rows(d, "PRAGMA foreign_keys") == [(1,)]
+        assert rows(d, "SELECT id FROM child ORDER BY id") == [(1,), (3,)]
+
+
+def test_foreign_keys_switch_leaves_apply_within_to_apply(db):
+    one(db, 1, FK[0]["stmts"])
+    fk_entry = (2, Command("execute", ["INSERT INTO child VALUES(1, 5)"], False, T0, 1,
+                           fk=True).encode())
+    assert db.apply_within([fk_entry], 60.0) is None  # the switch commits: not undoable
+    assert db.apply([fk_entry])[0][0].error == "FOREIGN KEY constraint failed"
+
+
+LONG_WRITE = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) "
+              "INSERT INTO t SELECT i FROM n")
+
+
+def test_db_timeout_stops_a_write_at_the_same_step_on_every_node(tmp_path):
+    def commands(max_steps):
+        return [(1, Command("execute", ["CREATE TABLE t (x)"], False, T0, 1).encode()),
+                (2, Command("execute", ["INSERT INTO t VALUES(0)", LONG_WRITE, "INSERT INTO t "
+                                        "VALUES(changes())"], False, T0, 1,
+                            max_steps=max_steps).encode()),
+                (3, Command("execute", ["INSERT INTO t VALUES(-1)"], False, T0, 1).encode())]
+
+    entries = commands(50_000)
+    together = apply_in_batches(str(tmp_path / "a.sqlite"), entries, [])
+    apart = apply_in_batches(str(tmp_path / "b.sqlite"), entries, [1, 2])
+    assert outcome(together) == outcome(apart)
+    assert dump(str(tmp_path / "a.sqlite")) == dump(str(tmp_path / "b.sqlite"))
+    assert [r.error for r in together[1]] == [None, "execute timeout", None]
+    with Database(str(tmp_path / "a.sqlite")) as d:
+        assert rows(d, "SELECT count(*) FROM t") == [(3,)]  # the long insert left nothing
+    free = apply_in_batches(str(tmp_path / "c.sqlite"), commands(0), [])
+    assert [r.error for r in free[1]] == [None, None, None]
+
+
+def test_db_timeout_on_reads_is_a_time(db):
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000000) "
+            "SELECT count(*) FROM n")
+    fast, late = db.query(["SELECT 1", slow], ReadOptions(db_timeout=0.05))
+    assert (fast.rows, late.error) == ([(1,)], "query timeout")
+    assert db.query(["SELECT 2"])[0].rows == [(2,)]  # the connection is usable, unlimited
+
+
+def test_qualify_columns_names_table_columns(db):
+    one(db, 1, ["CREATE TABLE contacts (id INTEGER PRIMARY KEY, name TEXT)",
+                "CREATE TABLE titles (id INTEGER PRIMARY KEY, contact_id INTEGER, title TEXT)",
+                "INSERT INTO contacts VALUES(1, 'alice')", "INSERT INTO titles VALUES(1, 1, 'eng')"])
+    join = "SELECT *, 1 AS one FROM contacts AS c JOIN titles ON c.id = titles.contact_id"
+    (plain,) = db.query([join])
+    (qualified,) = db.query([join], ReadOptions(qualify=True))
+    assert plain.columns == ["id", "name", "id", "contact_id", "title", "one"]
+    assert qualified.columns == ["contacts.id", "contacts.name", "titles.id",
+                                 "titles.contact_id", "titles.title", "one"]
+    assert qualified.rows == plain.rows
+    (strong,) = db.apply([(2, Command("query", [join], False, T0, 1, qualify=True).encode())])[0]
+    assert strong.columns == qualified.columns
+
+
+@pytest.mark.parametrize("stmt", [
+    ["SELECT ?", {"a": 1}], ["SELECT ?, :a", {"a": 1}], ["SELECT :a", 1, 2], ["SELECT ?5", 1],
+    ["SELECT ?, ?", {"a": 1}], ["SELECT 1", 7], ["SELECT :a, ?", 1], "SELECT ?",
+])
+def test_binding_errors_are_in_sql_words(db, stmt):
+    (r,) = one(db, 1, [stmt], op="request")
+    error = r.error or ""
+    for leak in ("apsw", "Binding", "supplied", "Python", "dict", "offset"):
+        assert leak not in error, error
+    if r.error is None:
+        assert stmt in (["SELECT :a", 1, 2], ["SELECT 1", 7])  # extra values are ignored

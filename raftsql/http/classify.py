@@ -15,6 +15,7 @@ import apsw
 import apsw.ext
 
 from raftsql.sqlparams import is_empty, statement_sql
+from raftsql.sqlsession import pragma_reads
 
 _READ_KEYWORD = re.compile(r"\s*(?:SELECT|VALUES|EXPLAIN|WITH)\b", re.IGNORECASE)
 _PRAGMA_READ = re.compile(r"\s*PRAGMA\s+[^=]*$", re.IGNORECASE | re.DOTALL)
@@ -26,6 +27,7 @@ class Classifier:
     def __init__(self, node: Any = None):
         self._node = node
         self._conn: apsw.Connection | None = None
+        self._pragma_reads = False
 
     def _connection(self) -> apsw.Connection | None:
         if self._conn is None:
@@ -36,7 +38,14 @@ class Classifier:
                 self._conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
             except apsw.Error:
                 return None
+            self._conn.authorizer = self._authorize
         return self._conn
+
+    def _authorize(self, code: int, arg1: str | None, arg2: str | None, *_: object) -> int:
+        # SQLite counts some pragmas that only report as writes (journal_mode): note them.
+        if code == apsw.SQLITE_PRAGMA:
+            self._pragma_reads = pragma_reads(arg1 or "", arg2)
+        return apsw.SQLITE_OK
 
     def close(self) -> None:
         if self._conn is not None:
@@ -51,8 +60,9 @@ class Classifier:
             return None
         try:
             while sql.strip(" \t\r\n;"):
+                self._pragma_reads = False
                 info = apsw.ext.query_info(conn, sql)
-                if not info.is_readonly:
+                if not (info.is_readonly or self._pragma_reads):
                     return False
                 sql = info.query_remaining or ""
         except apsw.Error:
