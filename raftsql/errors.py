@@ -33,7 +33,12 @@ class StorageError(RaftSQLError):
 
 
 class ClusterError(RaftSQLError):
-    """A membership or transfer request was refused (message says why)."""
+    """A membership or transfer request was refused (message says why). `status`: 400 when
+    the request itself is wrong, 503 when it may succeed if tried again later."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class TransportError(RaftSQLError):

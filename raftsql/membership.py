@@ -145,11 +145,14 @@ class Membership:
 
         def run() -> None:
             assert node._raft is not None
-            index = node._raft.propose_conf_change(cc) if node.is_leader else None
+            if not node.is_leader:
+                node._set_exception(fut, node._not_leader())
+                return
+            index = node._raft.propose_conf_change(cc)
             if index is None:
-                if not fut.done():
-                    fut.set_exception(ClusterError(
-                        "membership change refused: not leader, or another change is pending"))
+                node._set_exception(fut, ClusterError(
+                    "membership change refused: another change is in progress, or the "
+                    "leader has not yet committed an entry of its term", status=503))
             else:
                 node._proposals[index] = (node._raft.term, fut)
 

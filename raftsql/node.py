@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from raftsql.applier import Applier, StateMachine
-from raftsql.command import Command, StatementResult
+from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import ClusterError, LeadershipLostError, NotLeaderError, RaftSQLError
 from raftsql.membership import Member, Membership, member_dict
 from raftsql.raft.core import Config, Raft
@@ -71,6 +71,7 @@ class NodeConfig:
     election_ms: int = 1000
     snapshot_threshold: int = 8192
     cluster_secret: str | None = None
+    fk: bool = False  # the SQL state machine enforces foreign keys (entries this node proposes)
 
     @property
     def advertised_raft_addr(self) -> str:
@@ -148,6 +149,12 @@ class Node:
         return self._raft.conf if self._raft else ConfState()
 
     @property
+    def removed(self) -> bool:
+        """This node is no longer in the cluster's membership (as far as its log says)."""
+        members = self.conf.members()
+        return bool(members) and self.node_id not in members
+
+    @property
     def member_count(self) -> int:
         return len(self.conf.voters)
 
@@ -205,11 +212,12 @@ class Node:
 
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
+        self._storage = await self._in_persist(Storage, os.path.join(self.config.data_dir, "raft"))
         if self._sm is None:
             from raftsql.sqlite import Database
 
-            self._sm = Database(os.path.join(self.config.data_dir, "db.sqlite"))
-        self._storage = await self._in_persist(Storage, os.path.join(self.config.data_dir, "raft"))
+            self._sm = Database(os.path.join(self.config.data_dir, "db.sqlite"),
+                                fk=self.config.fk, log_end=self._storage.last_index)
         hs = self._storage.hard_state
         self._persisted_vote = (hs.term, hs.vote)
         membership = self._membership
@@ -293,10 +301,14 @@ class Node:
 
     async def execute(
         self, statements: list[Any], *, transaction: bool = False, op: str = "execute",
-        timeout: float = 30.0,
+        timeout: float = 30.0, db_timeout: float = 0.0, qualify: bool = False,
     ) -> tuple[list[StatementResult], int]:
-        # The proposing leader fixes the entry's time and seed, so apply is deterministic.
-        command = Command(op, statements, transaction, int(time.time() * 1000), random.getrandbits(63))
+        from raftsql.sqlsession import steps_for
+
+        # The proposing leader fixes the entry's time, seed, foreign keys and step limit, so
+        # apply is deterministic.
+        command = Command.new(op, statements, transaction, fk=self.config.fk,
+                              max_steps=steps_for(db_timeout), qualify=qualify)
         result, index = await self.propose(command.encode(), timeout)
         if isinstance(result, Exception):
             raise result
@@ -311,9 +323,10 @@ class Node:
             return
         await self._reads.barrier(timeout)
 
-    async def query(self, statements: list[Any], *, transaction: bool = False) -> list[StatementResult]:
+    async def query(self, statements: list[Any], options: ReadOptions | None = None
+                    ) -> list[StatementResult]:
         """Run read-only statements on the state machine's read connections (see Reads.query)."""
-        return await self._reads.query(statements, transaction)
+        return await self._reads.query(statements, options or ReadOptions())
 
     async def add_member(
         self, node_id: str, raft_addr: str, api_url: str, voter: bool = True, timeout: float = 10.0
@@ -486,7 +499,16 @@ class Node:
         if leader_id is not None and leader_id != self.node_id:
             self._last_contact = time.monotonic()
         if was_leader and role is not Role.LEADER:
-            self._fail_waiters(LeadershipLostError())
+            self._fail_uncommitted(LeadershipLostError())
+
+    def _fail_uncommitted(self, exc: Exception) -> None:
+        """Leadership was lost: proposals not known to be committed have an unknown outcome.
+        Those at or below the commit index (a leader's own removal, say) are committed, and
+        complete as usual when this node applies them."""
+        commit = self.commit_index
+        for index in [i for i in self._proposals if i > commit]:
+            self._set_exception(self._proposals.pop(index)[1], exc)
+        self._reads.fail(exc)
 
     def _fail_waiters(self, exc: Exception) -> None:
         for _, fut in self._proposals.values():

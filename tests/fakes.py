@@ -10,17 +10,16 @@ its leader, so a FakeFollower's server forwards to a FakeNode's server.
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from raftsql.command import Command, StatementResult
+from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import ClusterError, NotLeaderError
 from raftsql.sqlite import Database
+from raftsql.sqlsession import steps_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +44,9 @@ class FakeNode:
         self.peers: list[Member] = []
         self.contact: float | None = 0.0  # last_contact() of a non-leader
         self.ready = True
+        self.removed = False
+        self.fk = False
+        self.status_override: dict[str, Any] = {}  # /status raft fields a test sets
         # Failure injection: raised (once) by the next execute / read_barrier.
         self.fail_execute: BaseException | None = None
         self.fail_barrier: BaseException | None = None
@@ -84,6 +86,7 @@ class FakeNode:
                 "applied_index": self.raft_index,
                 "first_log_index": 1 if self.raft_index else 0,
                 "last_log_index": self.raft_index,
+                **self.status_override,
             },
             "nodes": [{"id": m.id, "api_addr": m.api_url, "addr": m.raft_addr, "voter": m.voter}
                       for m in self.members()],
@@ -103,7 +106,8 @@ class FakeNode:
     # ---- requests -----------------------------------------------------------------
 
     async def execute(self, statements: list[Any], *, transaction: bool = False, op: str = "execute",
-                      timeout: float = 30.0) -> tuple[list[StatementResult], int]:
+                      timeout: float = 30.0, db_timeout: float = 0.0, qualify: bool = False,
+                      ) -> tuple[list[StatementResult], int]:
         self.calls.append((op, statements))
         self._injected("fail_execute")
         if not self.is_leader:
@@ -111,7 +115,8 @@ class FakeNode:
         if self.execute_delay:
             await asyncio.sleep(self.execute_delay)
         self.raft_index += 1
-        command = Command(op, statements, transaction, int(time.time() * 1000), random.getrandbits(63))
+        command = Command.new(op, statements, transaction, fk=self.fk,
+                              max_steps=steps_for(db_timeout), qualify=qualify)
         results = self.database.apply([(self.raft_index, command.encode())])[0]
         return results, self.raft_index
 
@@ -121,9 +126,10 @@ class FakeNode:
         if not self.is_leader:
             raise self._not_leader()
 
-    async def query(self, statements: list[Any], *, transaction: bool = False) -> list[StatementResult]:
+    async def query(self, statements: list[Any], options: ReadOptions | None = None
+                    ) -> list[StatementResult]:
         self.calls.append(("local-query", statements))
-        return self.database.query(statements, transaction)
+        return self.database.query(statements, options or ReadOptions())
 
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
         if not self.is_leader:

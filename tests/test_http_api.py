@@ -91,7 +91,9 @@ async def test_doc_examples_in_order(client, node) -> None:
     await ex("POST", "/db/execute", b'["INSERT INTO foo(id,name) VALUES(9,\'q\') RETURNING *"]', 200,
              b'{"results":[{"columns":["id","name","age"],"types":["integer","text","integer"],"values":[[9,"q",null]]}]}')
     before = db_state(node)
-    await ex("POST", "/db/execute", b'["PRAGMA journal_mode=DELETE"]', 200,
+    # rqlite answers 200 here, which clients that read only per-statement errors take for
+    # success: raftsql says 400 (refused, nothing applied), with rqlite's body.
+    await ex("POST", "/db/execute", b'["PRAGMA journal_mode=DELETE"]', 400,
              b'{"results":[],"error":"disallowed pragma"}')
     assert db_state(node) == before
     _, body = await ex("POST", "/db/execute?queue&wait", b'[["INSERT INTO foo(name) VALUES(?)","q1"]]', 200,
@@ -326,24 +328,29 @@ async def test_disallowed_pragmas_refuse_the_whole_request(client, node, pragma:
     before = db_state(node)
     for path in ["/db/execute", "/db/execute?queue", "/db/query", "/db/request"]:
         status, _, body = await call(client, "POST", path, ["INSERT INTO foo(name) VALUES('p')", pragma])
-        assert (status, body) == (200, b'{"results":[],"error":"disallowed pragma"}')
+        assert (status, body) == (400, b'{"results":[],"error":"disallowed pragma"}')
     assert db_state(node) == before
     _, _, body = await call(client, "GET", "/db/query?q=PRAGMA+synchronous")  # reading one is fine
     assert json.loads(body)["results"][0]["columns"] == ["synchronous"]
 
 
-async def test_leadership_lost_and_timeouts(client, node) -> None:
+async def test_leadership_lost_and_timeouts_are_503_never_200(client, node) -> None:
+    # rqlite answers these 200 with a top-level error, which pyrqlite reports as success.
     node.fail_execute = LeadershipLostError()
-    status, _, body = await call(client, "POST", "/db/execute", ["CREATE TABLE ll(x)"])
-    assert (status, body) == (200, b'{"results":[],"error":"leadership lost while committing log"}')
+    status, headers, body = await call(client, "POST", "/db/execute", ["CREATE TABLE ll(x)"])
+    assert (status, body) == (503, b'{"results":[],"error":"leadership lost while committing '
+                                   b'log; the request may have been applied"}')
+    assert headers["Retry-After"] == "1"
     node.fail_execute = TimeoutError()
-    assert json.loads((await call(client, "POST", "/db/execute", ["CREATE TABLE ll(x)"]))[2])["error"]
+    status, _, body = await call(client, "POST", "/db/execute", ["CREATE TABLE ll(x)"])
+    assert (status, json.loads(body)["error"]) == (
+        503, "timeout waiting for commit; the request may have been applied")
     node.fail_barrier = TimeoutError()
-    _, _, body = await call(client, "GET", "/db/query?q=SELECT+1")
-    assert body == b'{"results":[],"error":"timeout waiting for fsm"}'
+    status, _, body = await call(client, "GET", "/db/query?q=SELECT+1")
+    assert (status, body) == (503, b'{"results":[],"error":"timeout waiting for fsm"}')
     node.fail_barrier = LeadershipLostError()
-    _, _, body = await call(client, "GET", "/db/query?level=weak&q=SELECT+1")
-    assert body == b'{"results":[],"error":"leadership lost while committing log"}'
+    status, _, body = await call(client, "GET", "/db/query?level=weak&q=SELECT+1")
+    assert (status, body) == (503, b'{"results":[],"error":"leadership lost while committing log"}')
 
 
 async def test_unexpected_exception_is_a_logged_500(client, node) -> None:
@@ -452,7 +459,8 @@ async def test_served_by_header(client, node) -> None:
 
 
 async def test_one_error_shape_everywhere(client, node) -> None:
-    """Non-200: a one-line plain-text message (or nothing); 200 failures: {"results":[],"error":...}."""
+    """Transport errors: a one-line plain-text message (or nothing); whole-request failures of
+    the data routes: {"results":[],"error":...}, never with status 200."""
     await setup_foo(client)
     node.peers = []
     failing = [
@@ -471,7 +479,7 @@ async def test_one_error_shape_everywhere(client, node) -> None:
     for method, path, body in [("POST", "/db/execute", ["PRAGMA synchronous=OFF"]),
                                ("POST", "/db/query", ["PRAGMA query_only=1"])]:
         status, headers, got = await call(client, method, path, body)
-        assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
+        assert status == 400 and headers["Content-Type"] == "application/json; charset=utf-8"
         d = json.loads(got)
         assert list(d) == ["results", "error"] and d["results"] == [] and isinstance(d["error"], str)
 

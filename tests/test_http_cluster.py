@@ -7,8 +7,10 @@ both.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 from typing import Any
 
 import orjson
@@ -16,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from raftsql.http import make_app
-from raftsql.http.forward import FORWARDED_HEADER
+from raftsql.http.forward import FORWARDED_HEADER, NOT_LEADER_HEADER
 from tests.fakes import FakeFollower, FakeNode, Member
 
 JSON = "application/json"
@@ -142,19 +144,24 @@ async def test_redirect(cluster: Cluster) -> None:
     assert status == 200
 
 
-async def test_no_leader_is_503(tmp_path, aiohttp_client) -> None:
+async def test_no_leader_is_503_once_the_timeout_ends(tmp_path, aiohttp_client) -> None:
     orphan = FakeFollower(tmp_path, None, "n3")
     client = await aiohttp_client(make_app(orphan))
     for method, path, body in [
         ("POST", "/db/execute", ["CREATE TABLE x(y)"]), ("POST", "/db/execute?redirect", ["CREATE TABLE x(y)"]),
         ("GET", "/db/query?q=SELECT+1", None), ("GET", "/db/query?level=weak&q=SELECT+1", None),
         ("GET", "/db/query?level=strong&q=SELECT+1", None), ("POST", "/db/request", ["CREATE TABLE x(y)"]),
-        ("POST", "/db/execute?queue", ["CREATE TABLE x(y)"]), ("DELETE", "/remove", {"id": "n1"}),
-        ("POST", "/leader", None), ("GET", "/leader", None),
+        ("DELETE", "/remove", {"id": "n1"}), ("POST", "/leader", None),
     ]:
-        status, headers, got = await call(client, method, path, body)
+        sep = "&" if "?" in path else "?"
+        status, headers, got = await call(client, method, f"{path}{sep}timeout=200ms", body)
         assert (status, got) == (503, b"leader not found\n"), path
         assert headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert headers["Retry-After"] == "1"
+    # a queued write and GET /leader say so at once, as in rqlite
+    for method, path, body in [("POST", "/db/execute?queue", ["CREATE TABLE x(y)"]),
+                               ("GET", "/leader", None)]:
+        assert (await call(client, method, path, body))[::2] == (503, b"leader not found\n")
     # reads at none still work on a node cut off from any leader; noleader queues anyway
     status, _, got = await call(client, "GET", "/db/query?level=none&q=SELECT+1")
     assert (status, got) == (200, b'{"results":[{"columns":["1"],"types":["integer"],"values":[[1]]}]}')
@@ -163,40 +170,156 @@ async def test_no_leader_is_503(tmp_path, aiohttp_client) -> None:
     orphan.close()
 
 
+async def test_a_request_waits_for_a_leader_to_be_elected(cluster: Cluster) -> None:
+    f = cluster.follower
+    leader = f.leader
+    f.leader, f.leader_id = None, None  # an election is going on
+
+    async def elected() -> None:
+        await asyncio.sleep(0.3)
+        f.leader, f.leader_id = leader, leader.node_id
+
+    asyncio.get_running_loop().create_task(elected())
+    status, _, body = await call(cluster.fc, "POST", "/db/execute?timeout=5s", ["CREATE TABLE w(x)"])
+    assert (status, body) == (200, b'{"results":[{}]}')
+    assert cluster.leader.calls == [("execute", ["CREATE TABLE w(x)"])]
+
+
 async def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
-    status, _, body = await call(cluster.fc, "POST", "/db/execute", ["CREATE TABLE z(x)"],
-                                 headers={FORWARDED_HEADER: "n9"})
-    assert (status, body) == (503, b"leader not found\n")
+    status, headers, body = await call(cluster.fc, "POST", "/db/execute", ["CREATE TABLE z(x)"],
+                                       headers={FORWARDED_HEADER: "n9"})
+    assert (status, body) == (503, b"not leader: the forwarded request was not applied\n")
+    assert headers[NOT_LEADER_HEADER] == "1"
     assert cluster.leader.calls == []
 
 
-async def test_forwarding_failure_is_a_request_error(tmp_path, aiohttp_client) -> None:
-    leader = FakeNode(tmp_path, "n1", api_url=dead_url())
+async def test_forwarding_rides_through_a_leader_change(tmp_path, aiohttp_server,
+                                                          aiohttp_client) -> None:
+    """The leader died: the connection is refused, so the write certainly never reached it.
+    The follower waits for the next leader and forwards the write there, exactly once."""
+    dead = FakeNode(tmp_path, "n1", api_url=dead_url())
+    new = FakeNode(tmp_path, "n3")
+    new.api_url = url_of(await aiohttp_server(make_app(new)))
+    follower = FakeFollower(tmp_path, dead, "n2")
+    client = await aiohttp_client(make_app(follower))
+
+    async def elected() -> None:
+        await asyncio.sleep(0.5)
+        follower.leader, follower.leader_id = new, new.node_id
+
+    asyncio.get_running_loop().create_task(elected())
+    status, _, body = await call(client, "POST", "/db/execute?timeout=10s", ["CREATE TABLE f(x)"])
+    assert (status, body) == (200, b'{"results":[{}]}')
+    assert new.calls == [("execute", ["CREATE TABLE f(x)"])]
+    # ... and when no new leader comes in time: 503 with the reason, never 200
+    follower.leader, follower.leader_id = dead, dead.node_id
+    status, headers, body = await call(client, "POST", "/db/execute?timeout=1s", ["CREATE TABLE g(x)"])
+    d = json.loads(body)
+    assert status == 503 and headers["Retry-After"] == "1" and d["results"] == []
+    assert d["error"].startswith("forwarding to leader n1: cannot connect to 127.0.0.1:"), d
+    status, _, body = await call(client, "DELETE", "/remove?timeout=1s", {"id": "n1"})
+    assert status == 503 and body.startswith(b"forwarding to leader n1: cannot connect")
+    for n in (dead, new, follower):
+        n.close()
+
+
+async def test_a_node_that_lost_leadership_sends_the_request_on(tmp_path, aiohttp_server,
+                                                                 aiohttp_client) -> None:
+    """The node named as leader answers a forwarded request 'not leader, not applied': the
+    follower goes on to whoever leads next."""
+    leader = FakeNode(tmp_path, "n1")
+    leader.api_url = url_of(await aiohttp_server(make_app(leader)))
+    stale = FakeFollower(tmp_path, leader, "n3")  # it no longer leads; it follows n1
+    stale.api_url = url_of(await aiohttp_server(make_app(stale)))
+    follower = FakeFollower(tmp_path, stale, "n2")  # still believes n3 leads
+    client = await aiohttp_client(make_app(follower))
+
+    async def learns() -> None:
+        await asyncio.sleep(0.3)
+        follower.leader, follower.leader_id = leader, leader.node_id
+
+    asyncio.get_running_loop().create_task(learns())
+    status, _, body = await call(client, "POST", "/db/execute?timeout=5s", ["CREATE TABLE s(x)"])
+    assert (status, body) == (200, b'{"results":[{}]}')
+    assert leader.calls == [("execute", ["CREATE TABLE s(x)"])] and stale.calls == [
+        ("execute", ["CREATE TABLE s(x)"])]  # refused there, before anything was proposed
+    for n in (leader, stale, follower):
+        n.close()
+
+
+async def _hang_up_server() -> tuple[asyncio.Server, str, list[bytes]]:
+    """Accepts a connection, reads the request, and closes without answering."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(65536))
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", seen
+
+
+async def test_a_write_that_may_have_been_delivered_is_never_sent_again(tmp_path, aiohttp_client
+                                                                         ) -> None:
+    server, url, seen = await _hang_up_server()
+    leader = FakeNode(tmp_path, "n1", api_url=url)
     follower = FakeFollower(tmp_path, leader, "n2")
     client = await aiohttp_client(make_app(follower))
-    status, _, body = await call(client, "POST", "/db/execute?timeout=2s", ["CREATE TABLE x(y)"])
+    status, _, body = await call(client, "POST", "/db/execute?timeout=5s", ["CREATE TABLE m(x)"])
     d = json.loads(body)
-    assert status == 200 and d["results"] == [] and d["error"].startswith("forwarding to leader n1: ")
-    status, _, body = await call(client, "DELETE", "/remove", {"id": "n1"})
-    assert status == 503 and body.startswith(b"forwarding to leader n1: ")
+    assert status == 503 and d["error"].startswith("forwarding to leader n1: ")
+    assert d["error"].endswith("; the request may have been applied")
+    assert len(seen) == 1
+    # a read may be sent again: it is retried until the timeout
+    status, _, body = await call(client, "GET", "/db/query?q=SELECT+1&timeout=1200ms")
+    assert status == 503 and not json.loads(body)["error"].endswith("may have been applied")
+    assert len(seen) >= 3
+    server.close()
     leader.close()
     follower.close()
 
 
-async def test_stale_reads(cluster: Cluster) -> None:
+async def test_a_removed_node_says_so(cluster: Cluster) -> None:
+    cluster.follower.removed = True
+    cluster.follower.leader_id = None
+    status, _, body = await call(cluster.fc, "POST", "/db/execute", ["CREATE TABLE r(x)"])
+    assert (status, json.loads(body)["error"]) == (
+        503, "this node is not a member of the cluster (it was removed)")
+
+
+async def test_stale_reads_are_503(cluster: Cluster) -> None:
     f = cluster.follower
     f.contact = 5.0
+    stale = (503, b'{"results":[],"error":"stale read"}')
     status, _, body = await call(cluster.fc, "POST", "/db/query?level=none&freshness=1s", [["SELECT 1"]])
-    assert (status, body) == (200, b'{"results":[],"error":"stale read"}')
+    assert (status, body) == stale
     ok = b'{"results":[{"columns":["1"],"types":["integer"],"values":[[1]]}]}'
     assert (await call(cluster.fc, "POST", "/db/query?level=none&freshness=10s", [["SELECT 1"]]))[2] == ok
     assert (await call(cluster.fc, "POST", "/db/query?level=none&freshness=0", [["SELECT 1"]]))[2] == ok
     assert (await call(cluster.fc, "POST", "/db/query?level=none", [["SELECT 1"]]))[2] == ok
     f.contact = None  # never heard from a leader
-    assert (await call(cluster.fc, "POST", "/db/query?level=none&freshness=1h", [["SELECT 1"]]))[2] == \
-        b'{"results":[],"error":"stale read"}'
+    assert (await call(cluster.fc, "POST", "/db/query?level=none&freshness=1h", [["SELECT 1"]]))[::2] == stale
     # freshness only applies to none: a linearizable read goes to the leader
     assert (await call(cluster.fc, "POST", "/db/query?freshness=1ns", [["SELECT 1"]]))[2] == ok
+
+
+async def test_freshness_strict_also_checks_the_age_of_the_data(cluster: Cluster) -> None:
+    f = cluster.follower
+    f.contact = 0.1  # the leader was heard from just now...
+    path = "/db/query?level=none&freshness=1s&freshness_strict"
+    ok = b'{"results":[{"columns":["1"],"types":["integer"],"values":[[1]]}]}'
+    assert (await call(cluster.fc, "POST", path, [["SELECT 1"]]))[2] == ok  # caught up
+    f.raft_index = 5
+    f.status_override = {"commit_index": 9}  # ... but entries are committed and not applied
+    assert f.database.applied_time_ms is None  # nor is it known how old the data is
+    assert (await call(cluster.fc, "POST", path, [["SELECT 1"]]))[::2] == (
+        503, b'{"results":[],"error":"stale read"}')
+    f.database.applied_time_ms = int(time.time() * 1000) - 5000  # written 5 s ago
+    assert (await call(cluster.fc, "POST", path, [["SELECT 1"]]))[0] == 503
+    assert (await call(cluster.fc, "POST", path.replace("1s", "10s"), [["SELECT 1"]]))[2] == ok
+    f.database.applied_time_ms = int(time.time() * 1000) - 100
+    assert (await call(cluster.fc, "POST", path, [["SELECT 1"]]))[2] == ok
 
 
 async def test_auto_level(cluster: Cluster) -> None:
@@ -206,8 +329,8 @@ async def test_auto_level(cluster: Cluster) -> None:
     f.voter = False
     cluster.leader.calls.clear()
     f.contact = 9.0
-    _, _, body = await call(cluster.fc, "GET", "/db/query?level=auto&freshness=1s&q=SELECT+1")
-    assert body == b'{"results":[],"error":"stale read"}'  # a read replica: none, freshness applies
+    status, _, body = await call(cluster.fc, "GET", "/db/query?level=auto&freshness=1s&q=SELECT+1")
+    assert (status, body) == (503, b'{"results":[],"error":"stale read"}')  # a replica: none
     assert cluster.leader.calls == []
 
 

@@ -1,34 +1,132 @@
-"""Requests a follower cannot serve: forward them to the leader, or redirect (rqlite-api.md §1.6).
+"""Requests that need the leader: served here when this node leads, else forwarded to the
+leader or redirected to it (rqlite-api.md §1.6), riding through leader changes.
 
 Forwarding is transparent: the same method, path, raw query string and raw body bytes
 (never re-encoded) go to the leader's API, and its status, body and content type come
 back. A forwarded request carries FORWARDED_HEADER, and a node never forwards such a
-request again: a second hop answers 503 `leader not found`, so a stale view of who leads
-can never bounce a request around the cluster.
+request again: a node that no longer leads answers it 503 with NOT_LEADER_HEADER, saying it
+did nothing with it, so a stale view of who leads never bounces a request around.
+
+Better than rqlite, a request never fails just because the leader changed under it: while
+no leader is known, or the leader could certainly not be given the request (the connection
+was refused or timed out, or the node answered NOT_LEADER_HEADER), the request waits for a
+leader, up to its `timeout`, and goes there (or is served here, if this node was elected).
+A request that may have reached a leader is never sent again, unless it only reads: the
+client is told that its write may have been applied. Every failure is a 503 with
+Retry-After, never a 200 (clients like pyrqlite read only per-statement errors).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from raftsql.errors import NotLeaderError
-from raftsql.http.respond import JSON_TYPE, LEADER_NOT_FOUND, request_error, text_error
+from raftsql.http.respond import (
+    JSON_TYPE,
+    LEADER_NOT_FOUND,
+    request_error,
+    text_error,
+)
 from raftsql.http.state import ApiState
 
 log = logging.getLogger("raftsql.http")
 
 FORWARDED_HEADER = "X-Raftsql-Forwarded-By"
+NOT_LEADER_HEADER = "X-Raftsql-Not-Leader"  # "I did nothing with your forwarded request"
 SERVED_BY = "X-RQLITE-SERVED-BY"
 _PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
+_POLL = 0.05  # seconds between two looks for a leader
+_RETRY_SAME = 0.5  # seconds before a leader that could not be reached is tried again
+_CONNECT_TIMEOUT = 2.0  # a leader that does not accept a connection by then is treated as down
+MAYBE_APPLIED = "the request may have been applied"
+NOT_A_MEMBER = "this node is not a member of the cluster (it was removed)"
 
 
-def leader_not_found() -> web.Response:
-    return text_error(503, LEADER_NOT_FOUND)
+class _NotDelivered(Exception):
+    """The leader certainly never got the request: safe to send it again."""
+
+
+class _MaybeDelivered(Exception):
+    """The request may have reached the leader: sending it again could apply it twice."""
+
+
+async def on_leader(
+    state: ApiState, request: web.Request, body: bytes, serve: Callable[[], Awaitable[web.Response]],
+    *, redirect: bool, timeout: float, idempotent: bool, json_errors: bool = True,
+    pretty: bool = False,
+) -> web.Response:
+    """`serve()` here if this node leads (it raises NotLeaderError, having done nothing, if
+    not); else forward the request to the leader, or redirect the client to it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    failed: tuple[str | None, float] | None = None  # the leader last tried in vain, and when
+    why = LEADER_NOT_FOUND
+    while True:
+        try:
+            return await serve()
+        except NotLeaderError as e:
+            err = e
+        if request.headers.get(FORWARDED_HEADER):
+            return not_leader_reply()
+        if getattr(state.node, "removed", False):
+            return failure(NOT_A_MEMBER, json_errors, pretty)
+        url = _leader_url(state, err)
+        if url is not None and not (failed and failed[0] == err.leader_id
+                                    and loop.time() - failed[1] < _RETRY_SAME):
+            if redirect:
+                return _redirect(url, request, json_errors)
+            try:
+                return await _proxy(state, request, url, err.leader_id, body,
+                                    timeout=max(deadline - loop.time(), 0.001))
+            except _NotDelivered as e:
+                why = f"forwarding to leader {err.leader_id or url}: {e}"
+            except _MaybeDelivered as e:
+                why = f"forwarding to leader {err.leader_id or url}: {e}"
+                if not idempotent:
+                    log.warning("%s %s: %s", request.method, request.path, why)
+                    return failure(f"{why}; {MAYBE_APPLIED}", json_errors, pretty)
+            failed = (err.leader_id, loop.time())
+        if loop.time() >= deadline:
+            log.info("%s %s: %s", request.method, request.path, why)
+            return failure(why, json_errors and why != LEADER_NOT_FOUND, pretty)
+        await asyncio.sleep(min(_POLL, max(deadline - loop.time(), 0)))
+
+
+def not_leader_reply() -> web.Response:
+    """The answer to a forwarded request this node cannot serve: it did nothing with it."""
+    response = text_error(503, "not leader: the forwarded request was not applied")
+    response.headers[NOT_LEADER_HEADER] = "1"
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def unavailable(message: str, *, pretty: bool = False) -> web.Response:
+    """A data request that did not succeed: 503, Retry-After, rqlite's JSON error shape."""
+    response = request_error(message, pretty=pretty, status=503)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def failure(message: str, json_errors: bool = False, pretty: bool = False) -> web.Response:
+    """503 with Retry-After: in rqlite's JSON error shape, or as plain text."""
+    if json_errors:
+        return unavailable(message, pretty=pretty)
+    response = text_error(503, message)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _leader_url(state: ApiState, err: NotLeaderError) -> str | None:
+    url = err.leader_url
+    if not url or url.rstrip("/") == state.node.api_url.rstrip("/"):
+        return None  # unknown, or our own view is stale: do not talk to ourselves
+    return url
 
 
 def redirect_location(leader_url: str, request: web.Request) -> str:
@@ -37,60 +135,36 @@ def redirect_location(leader_url: str, request: web.Request) -> str:
     return leader_url.rstrip("/") + request.rel_url.raw_path + (f"?{raw_query}" if raw_query else "")
 
 
-def _target(state: ApiState, request: web.Request, err: NotLeaderError) -> str | None:
-    url = err.leader_url
-    if not url or request.headers.get(FORWARDED_HEADER):
-        return None
-    if url.rstrip("/") == state.node.api_url.rstrip("/"):
-        return None  # our own view is stale: do not talk to ourselves
-    return url
+def _redirect(url: str, request: web.Request, json_errors: bool) -> web.Response:
+    # The handler's JSON content type is set, so Go's http.Redirect writes no body.
+    headers = {"Location": redirect_location(url, request)}
+    if json_errors:
+        headers["Content-Type"] = JSON_TYPE
+    return web.Response(status=301, headers=headers)
 
 
-async def not_leader(
-    state: ApiState, request: web.Request, err: NotLeaderError, body: bytes, *,
-    redirect: bool, timeout: float, json_errors: bool = True, pretty: bool = False,
-) -> web.Response:
-    """Answer a request this node could not serve because it is not the leader."""
-    url = _target(state, request, err)
-    if url is None:
-        return leader_not_found()
-    if redirect:
-        # The handler's JSON content type is set, so Go's http.Redirect writes no body.
-        headers = {"Location": redirect_location(url, request)}
-        if json_errors:
-            headers["Content-Type"] = JSON_TYPE
-        return web.Response(status=301, headers=headers)
-    return await proxy(state, request, url, err.leader_id, body, timeout=timeout,
-                       json_errors=json_errors, pretty=pretty)
-
-
-async def proxy(
-    state: ApiState, request: web.Request, leader_url: str, leader_id: str | None, body: bytes, *,
-    timeout: float, json_errors: bool = True, pretty: bool = False,
-) -> web.Response:
+async def _proxy(state: ApiState, request: web.Request, leader_url: str, leader_id: str | None,
+                 body: bytes, *, timeout: float) -> web.Response:
     served_by = _served_by(state, leader_id, leader_url)
     url = URL(leader_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
     headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
     headers[FORWARDED_HEADER] = str(state.node.node_id)
+    limits = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, _CONNECT_TIMEOUT))
     try:
-        async with state.client.request(
-            request.method, url, data=body or None, headers=headers, allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
+        async with state.client.request(request.method, url, data=body or None, headers=headers,
+                                        allow_redirects=False, timeout=limits) as resp:
             data = await resp.read()
-            out = {SERVED_BY: served_by}
-            if "Content-Type" in resp.headers:
-                out["Content-Type"] = resp.headers["Content-Type"]
-            for name in ("Location", "X-Content-Type-Options"):
-                if name in resp.headers:
-                    out[name] = resp.headers[name]
-            return web.Response(status=resp.status, body=data, headers=out)
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
+        raise _NotDelivered(_describe(e)) from None  # no connection: nothing was sent
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
-        message = f"forwarding to leader {leader_id or leader_url}: {_describe(e)}"
-        log.warning("%s %s: %s", request.method, request.path, message)
-        if json_errors:
-            return request_error(message, pretty=pretty, served_by=served_by)
-        return text_error(503, message)
+        raise _MaybeDelivered(_describe(e)) from None
+    if resp.headers.get(NOT_LEADER_HEADER):
+        raise _NotDelivered("it is no longer the leader")
+    out = {SERVED_BY: served_by}
+    for name in ("Content-Type", "Location", "X-Content-Type-Options", "Retry-After"):
+        if name in resp.headers:
+            out[name] = resp.headers[name]
+    return web.Response(status=resp.status, body=data, headers=out)
 
 
 def _served_by(state: ApiState, leader_id: str | None, leader_url: str) -> str:
@@ -102,6 +176,10 @@ def _served_by(state: ApiState, leader_id: str | None, leader_url: str) -> str:
 
 
 def _describe(e: BaseException) -> str:
+    if isinstance(e, aiohttp.ConnectionTimeoutError):
+        return "connection timed out"
     if isinstance(e, asyncio.TimeoutError):
         return "timeout"
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return f"cannot connect to {e.host}:{e.port} ({e.os_error.strerror or e.os_error})"
     return str(e) or type(e).__name__

@@ -154,6 +154,7 @@ class Params:
     noleader = property(lambda self: "noleader" in self.raw)
     raft_index = property(lambda self: "raft_index" in self.raw)
     freshness_strict = property(lambda self: "freshness_strict" in self.raw)
+    qualify_columns = property(lambda self: "qualify_columns" in self.raw)
 
     @property
     def level(self) -> str:
@@ -170,6 +171,11 @@ class Params:
     @property
     def freshness(self) -> float:
         return self.duration("freshness", 0.0)
+
+    @property
+    def db_timeout(self) -> float:
+        """How long one statement may run before it is interrupted (0: no limit)."""
+        return max(self.duration("db_timeout", 0.0), 0.0)
 
     @property
     def linearizable_timeout(self) -> float:

@@ -1,9 +1,11 @@
 """The response shapes every route shares, and the one error type handlers raise.
 
 Failures come in rqlite's three layers (rqlite-api.md §1.3): per statement inside
-`results`; for the whole request as 200 `{"results":[],"error":"..."}`; and at the
-transport level as a non-200 status with a short plain-text body (Go's `http.Error`:
-the message and a newline), or no body at all for 404, 405 and OPTIONS.
+`results` (HTTP 200); for the whole request as `{"results":[],"error":"..."}`, which rqlite
+sends with 200 and raftsql with the status that says why (400 for a refused request, 503
+when it could not be served); and at the transport level as a non-200 status with a short
+plain-text body (Go's `http.Error`: the message and a newline), or no body at all for 404,
+405 and OPTIONS.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ def json_response(body: bytes, status: int = 200, headers: dict[str, str] | None
     return web.Response(status=status, body=body, headers=h)
 
 
-def request_error(message: str, *, pretty: bool = False, served_by: str | None = None) -> web.Response:
-    """A whole-request failure: HTTP 200, `{"results":[],"error":message}`."""
-    headers = {"X-RQLITE-SERVED-BY": served_by} if served_by else None
-    return json_response(response_body(error=message, pretty=pretty), headers=headers)
+def request_error(message: str, status: int, *, pretty: bool = False) -> web.Response:
+    """A whole-request failure in rqlite's shape, `{"results":[],"error":message}`, but with
+    a status that says it failed (rqlite answers 200, and clients that read only the
+    per-statement errors take that for success)."""
+    return json_response(response_body(error=message, pretty=pretty), status=status)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from raftsql import __version__
-from raftsql.errors import ClusterError, LeadershipLostError, NotLeaderError
+from raftsql.errors import ClusterError, LeadershipLostError
 from raftsql.http import forward
 from raftsql.http.encode import dumps, indent, json_float
 from raftsql.http.params import Params, go_duration_string
@@ -217,16 +217,23 @@ async def handle_leader_post(request: web.Request) -> web.Response:
     params = Params.parse(request.query)
     body = await read_body(request, state.max_body_bytes)
     target = _leader_target(body)
-    try:
-        await state.node.transfer_leadership(target, timeout=params.timeout)
-    except NotLeaderError as e:
-        return await forward.not_leader(state, request, e, body, redirect=params.redirect,
-                                        timeout=params.timeout, json_errors=False)
-    except (ClusterError, LeadershipLostError) as e:
-        return text_error(503, str(e))
-    except TimeoutError:
-        return text_error(503, "timeout waiting for a new leader")
-    return web.Response(status=200)
+
+    async def serve() -> web.Response:
+        try:
+            await state.node.transfer_leadership(target, timeout=params.timeout)
+        except (ClusterError, LeadershipLostError) as e:
+            return forward.failure(str(e))
+        except TimeoutError:
+            return forward.failure("timeout waiting for a new leader")
+        return web.Response(status=200)
+
+    return await _on_leader(state, request, body, params, serve)
+
+
+async def _on_leader(state: ApiState, request: web.Request, body: bytes, params: Params,
+                     serve: Any) -> web.Response:
+    return await forward.on_leader(state, request, body, serve, redirect=params.redirect,
+                                   timeout=params.timeout, idempotent=False, json_errors=False)
 
 
 def _leader_target(body: bytes) -> str | None:
@@ -254,15 +261,17 @@ async def handle_remove(request: web.Request) -> web.Response:
         raise HttpError(400, "invalid JSON body") from None
     if not isinstance(obj, dict) or set(obj) != {"id"} or not isinstance(obj["id"], str):
         raise HttpError(400, 'invalid request: the body must be {"id": "<node id>"}')
-    try:
-        await state.node.remove_member(obj["id"], timeout=params.timeout)
-    except NotLeaderError as e:
-        return await forward.not_leader(state, request, e, body, redirect=params.redirect,
-                                        timeout=params.timeout, json_errors=False)
-    except ClusterError as e:
-        return text_error(400, str(e))
-    except LeadershipLostError as e:
-        return text_error(503, str(e))
-    except TimeoutError:
-        return text_error(503, "timeout waiting for the membership change")
-    return web.Response(status=200)
+
+    async def serve() -> web.Response:
+        try:
+            await state.node.remove_member(obj["id"], timeout=params.timeout)
+        except ClusterError as e:
+            return forward.failure(str(e)) if e.status == 503 else text_error(e.status, str(e))
+        except LeadershipLostError as e:
+            return forward.failure(f"{e}; the removal may have been applied")
+        except TimeoutError:
+            return forward.failure("timeout waiting for the membership change; "
+                                   "the removal may have been applied")
+        return web.Response(status=200)
+
+    return await _on_leader(state, request, body, params, serve)

@@ -8,14 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
-from raftsql.command import StatementResult
-from raftsql.errors import LeadershipLostError, NotLeaderError, StaleReadError
+from raftsql.command import ReadOptions, StatementResult
+from raftsql.errors import LeadershipLostError, StaleReadError
 from raftsql.http import forward
 from raftsql.http.body import is_text_body, parse_statements
 from raftsql.http.encode import response_body, result_element
 from raftsql.http.params import Params
 from raftsql.http.respond import (
     DISALLOWED_PRAGMA,
+    LEADER_NOT_FOUND,
     LEADERSHIP_LOST,
     json_response,
     read_body,
@@ -55,13 +56,18 @@ class _Request:
         )
         return json_response(body, headers={forward.SERVED_BY: self.state.served_here()})
 
-    def error(self, message: str) -> web.Response:
-        return request_error(message, pretty=self.params.pretty)
+    def refused(self, message: str) -> web.Response:
+        """The whole request is refused (nothing was applied): 400."""
+        return request_error(message, 400, pretty=self.params.pretty)
 
-    async def not_leader(self, err: NotLeaderError) -> web.Response:
+    def unavailable(self, message: str) -> web.Response:
+        return forward.unavailable(message, pretty=self.params.pretty)
+
+    async def on_leader(self, serve: Any, *, idempotent: bool) -> web.Response:
         p = self.params
-        return await forward.not_leader(self.state, self.http, err, self.body, redirect=p.redirect,
-                                        timeout=p.timeout, pretty=p.pretty)
+        return await forward.on_leader(self.state, self.http, self.body, serve,
+                                       redirect=p.redirect, timeout=p.timeout,
+                                       idempotent=idempotent, pretty=p.pretty)
 
 
 async def _begin(request: web.Request) -> _Request:
@@ -81,21 +87,22 @@ async def handle_execute(request: web.Request) -> web.Response:
         return await _queued(req)
     statements = parse_statements(req.body, request.headers.get("Content-Type"))
     if disallowed_pragma(statements):
-        return req.error(DISALLOWED_PRAGMA)
-    return await _write(req, statements, op="execute", kind="execute")
+        return req.refused(DISALLOWED_PRAGMA)
+    return await req.on_leader(lambda: _write(req, statements, op="execute", kind="execute"),
+                               idempotent=False)
 
 
 async def _write(req: _Request, statements: list[Any], *, op: str, kind: str) -> web.Response:
+    """Through the log, on the leader (NotLeaderError, with nothing proposed, elsewhere)."""
     p = req.params
     try:
         results, index = await req.state.node.execute(
-            statements, transaction=p.transaction, op=op, timeout=p.timeout)
-    except NotLeaderError as e:
-        return await req.not_leader(e)
+            statements, transaction=p.transaction, op=op, timeout=p.timeout,
+            db_timeout=p.db_timeout, qualify=p.qualify_columns)
     except LeadershipLostError as e:
-        return req.error(str(e) or LEADERSHIP_LOST)
+        return req.unavailable(f"{e or LEADERSHIP_LOST}; {forward.MAYBE_APPLIED}")
     except TimeoutError:
-        return req.error(EXECUTE_TIMEOUT_ERROR)
+        return req.unavailable(f"{EXECUTE_TIMEOUT_ERROR}; {forward.MAYBE_APPLIED}")
     is_read = None
     if kind == "request" and p.associative and any(r.error for r in results):
         classifier = req.state.classifier
@@ -108,14 +115,14 @@ async def _queued(req: _Request) -> web.Response:
     """rqlite-api.md §2.2: answer at once with a sequence number; `wait` for the flush."""
     p, state = req.params, req.state
     if state.node.leader_id is None and not p.noleader:
-        return forward.leader_not_found()
+        return forward.failure(LEADER_NOT_FOUND)
     empty = not req.body.strip() or req.body.strip() == b"[]"
     if p.wait and empty and not is_text_body(req.http.headers.get("Content-Type")):
         statements: list[Any] = []  # a flush barrier
     else:
         statements = parse_statements(req.body, req.http.headers.get("Content-Type"))
         if disallowed_pragma(statements):
-            return req.error(DISALLOWED_PRAGMA)
+            return req.refused(DISALLOWED_PRAGMA)
     assert state.queue is not None
     seq = await state.queue.put(statements)
     if p.wait:
@@ -136,27 +143,25 @@ async def handle_query(request: web.Request) -> web.Response:
     req = await _begin(request)
     if request.method == "GET":
         q = req.params.q
-        if q is None:
+        if q is None:  # rqlite runs the empty statement, which gives no result
             return req.answer([], kind="query")
         statements: list[Any] = [q]
     else:
         statements = parse_statements(req.body, request.headers.get("Content-Type"))
     if disallowed_pragma(statements):
-        return req.error(DISALLOWED_PRAGMA)
-    return await _read(req, statements)
+        return req.refused(DISALLOWED_PRAGMA)
+    return await req.on_leader(lambda: _read(req, statements), idempotent=True)
 
 
 async def _read(req: _Request, statements: list[Any]) -> web.Response:
     try:
         results = await read(req.state, req.params, statements)
-    except NotLeaderError as e:
-        return await req.not_leader(e)
     except StaleReadError as e:
-        return req.error(str(e))
+        return req.unavailable(str(e))
     except LeadershipLostError as e:
-        return req.error(str(e) or LEADERSHIP_LOST)
+        return req.unavailable(str(e) or LEADERSHIP_LOST)
     except TimeoutError:
-        return req.error(READ_TIMEOUT_ERROR)
+        return req.unavailable(READ_TIMEOUT_ERROR)
     return req.answer(results, kind="query")
 
 
@@ -170,22 +175,39 @@ async def read(state: ApiState, params: Params, statements: list[Any]) -> list[S
     """
     node = state.node
     level = params.level
+    options = ReadOptions(params.transaction, params.db_timeout, params.qualify_columns)
     if level == "auto":
         level = "weak" if state.is_voter() else "none"
     if level == "none":
-        freshness = params.freshness
-        if freshness > 0 and not node.is_leader:
-            contact = node.last_contact()
-            if contact is None or contact > freshness:
-                raise StaleReadError()
-        return await node.query(statements, transaction=params.transaction)
+        if params.freshness > 0 and not node.is_leader and _stale(state, params):
+            raise StaleReadError()
+        return await node.query(statements, options)
     if level == "strong":
         results, _ = await node.execute(statements, transaction=params.transaction, op="query",
-                                        timeout=params.timeout)
+                                        timeout=params.timeout, db_timeout=params.db_timeout,
+                                        qualify=params.qualify_columns)
         return results
     timeout = params.linearizable_timeout if level == "linearizable" else params.timeout
     await node.read_barrier(level, timeout)
-    return await node.query(statements, transaction=params.transaction)
+    return await node.query(statements, options)
+
+
+def _stale(state: ApiState, params: Params) -> bool:
+    """rqlite's freshness test on a node that does not lead: the leader was heard from longer
+    than `freshness` ago; or, with `freshness_strict`, this node has not applied all it knows
+    to be committed and what it applied last was written by the leader longer ago than that
+    (leader's clock against ours, as in rqlite)."""
+    node = state.node
+    contact = node.last_contact()
+    if contact is None or contact > params.freshness:
+        return True
+    if not params.freshness_strict:
+        return False
+    raft = node.status()["raft"]
+    if raft["applied_index"] >= raft["commit_index"]:
+        return False
+    written = getattr(node.database, "applied_time_ms", None)
+    return written is None or time.time() - written / 1000 > params.freshness
 
 
 # ---- /db/request --------------------------------------------------------------------
@@ -196,7 +218,8 @@ async def handle_request(request: web.Request) -> web.Response:
     req = await _begin(request)
     statements = parse_statements(req.body, request.headers.get("Content-Type"), allow_text=False)
     if disallowed_pragma(statements):
-        return req.error(DISALLOWED_PRAGMA)
+        return req.refused(DISALLOWED_PRAGMA)
     if req.state.classifier.all_reads(statements):
-        return await _read(req, statements)
-    return await _write(req, statements, op="request", kind="request")
+        return await req.on_leader(lambda: _read(req, statements), idempotent=True)
+    return await req.on_leader(lambda: _write(req, statements, op="request", kind="request"),
+                               idempotent=False)
