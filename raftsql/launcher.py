@@ -19,6 +19,9 @@ from typing import IO, Any
 
 import orjson
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+RAFT_PORT_OFFSET = 100  # `raftsql cluster`: a node's Raft port is its HTTP port + 100
+
 
 def free_ports(n: int) -> list[int]:
     socks = []
@@ -46,44 +49,74 @@ def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple
 
 
 class LocalCluster:
-    """N nodes `n1..nN` with data under `base_dir/<id>` and HTTP (and Raft) on `ports`."""
+    """N nodes `n1..nN` with data under `base_dir/<id>`, each with its HTTP API on one port
+    and its Raft listener on another, at addresses given explicitly (as deployed: rqlite's
+    4001 and 4002), so that nothing can mistake one for the other."""
 
-    def __init__(self, n: int, base_dir: str, ports: Sequence[int] | None = None,
-                 extra_args: Sequence[str] = (), log: IO[bytes] | int | None = None) -> None:
+    def __init__(self, n: int, base_dir: str, http_ports: Sequence[int] | None = None,
+                 raft_ports: Sequence[int] | None = None, extra_args: Sequence[str] = (),
+                 log: IO[bytes] | int | None = None, host: str = "127.0.0.1") -> None:
         self.ids = [f"n{i + 1}" for i in range(n)]
-        self.ports = list(ports) if ports else free_ports(n)
+        ports = free_ports(2 * n) if http_ports is None or raft_ports is None else []
+        self.http_ports = list(http_ports) if http_ports else ports[:n]
+        self.raft_ports = list(raft_ports) if raft_ports else ports[n:]
+        self.host = host
         self.base_dir = base_dir
         self.extra_args = list(extra_args)
         self.log = log
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def url(self, node_id: str) -> str:
-        return f"http://127.0.0.1:{self.ports[self.ids.index(node_id)]}"
+    def add(self) -> str:
+        """One more node (not started): its id."""
+        node_id = f"n{len(self.ids) + 1}"
+        http_port, raft_port = free_ports(2)
+        self.ids.append(node_id)
+        self.http_ports.append(http_port)
+        self.raft_ports.append(raft_port)
+        return node_id
 
-    def addr(self, node_id: str) -> str:
-        return f"127.0.0.1:{self.ports[self.ids.index(node_id)]}"
+    def http_port(self, node_id: str) -> int:
+        return self.http_ports[self.ids.index(node_id)]
+
+    def url(self, node_id: str) -> str:
+        return f"http://{self.http_addr(node_id)}"
+
+    def http_addr(self, node_id: str) -> str:
+        return f"{self.host}:{self.http_port(node_id)}"
+
+    def raft_addr(self, node_id: str) -> str:
+        return f"{self.host}:{self.raft_ports[self.ids.index(node_id)]}"
 
     def initial_cluster(self) -> str:
-        return ",".join(f"{i}={self.addr(i)}" for i in self.ids)
+        return ",".join(f"{i}={self.raft_addr(i)}" for i in self.ids)
 
     def command(self, node_id: str, *args: str) -> list[str]:
         return [sys.executable, "-m", "raftsql", "serve", "--node-id", node_id,
                 "--data-dir", os.path.join(self.base_dir, node_id),
-                "--http-addr", self.addr(node_id), *args, *self.extra_args]
+                "--http-addr", self.http_addr(node_id), "--raft-addr", self.raft_addr(node_id),
+                *args, *self.extra_args]
 
     def start(self) -> None:
         for node_id in self.ids:
             self.start_node(node_id)
 
     def start_node(self, node_id: str, *args: str) -> None:
+        """Start (or restart) a node; with no `args`, as a member of the initial cluster."""
         if not args:
             args = ("--initial-cluster", self.initial_cluster())
         stream = self.log
         if stream is None:
             os.makedirs(self.base_dir, exist_ok=True)
             stream = open(os.path.join(self.base_dir, f"{node_id}.log"), "ab")  # noqa: SIM115
-        self.procs[node_id] = subprocess.Popen(self.command(node_id, *args), stdout=stream,
-                                               stderr=stream)
+        # The child starts with SIGTERM and SIGINT blocked, so a signal that arrives while
+        # the interpreter is still starting waits (pending) until `raftsql serve` has its
+        # handlers in place and unblocks them, instead of killing it.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.procs[node_id] = subprocess.Popen(self.command(node_id, *args), stdout=stream,
+                                                   stderr=stream)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def signal(self, node_id: str, sig: int) -> None:
         self.procs[node_id].send_signal(sig)

@@ -84,8 +84,13 @@ class Membership:
         node = self._node
         return {**self.peers, self.node_id: (node.config.advertised_raft_addr, node.api_url)}
 
-    def set_peer(self, node_id: str, raft_addr: str, api_url: str) -> None:
-        if node_id == self.node_id or self.peers.get(node_id) == (raft_addr, api_url):
+    def set_peer(self, node_id: str, raft_addr: str, api_url: str = "") -> None:
+        """Learn a member's addresses; an unknown ("") API URL keeps the one known."""
+        if node_id == self.node_id:
+            return
+        known = self.peers.get(node_id)
+        api_url = api_url or (known[1] if known else "")
+        if known == (raft_addr, api_url):
             return
         self.peers[node_id] = (raft_addr, api_url)
         transport = self._node._transport
@@ -105,7 +110,14 @@ class Membership:
                 continue  # keep the address: the removal may still be truncated
             addrs = orjson.loads(cc.context) if cc.context else {}
             if addrs:
-                self.set_peer(cc.node_id, addrs["raft_addr"], addrs["api_url"])
+                self.set_peer(cc.node_id, addrs["raft_addr"], addrs.get("api_url", ""))
+
+    def note_api_url(self, node_id: str, api_url: str) -> None:
+        """A peer told us where clients reach it (it dialed us, or answered `info`): this is
+        fresher than the log, where a member's API URL is the one it joined with."""
+        known = self.peers.get(node_id)
+        if known is not None and known[1] != api_url:
+            self.set_peer(node_id, known[0], api_url)
 
     def load(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -180,9 +192,12 @@ class Membership:
         initial = cfg.initial_cluster or {cfg.node_id: cfg.advertised_raft_addr}
         if cfg.node_id not in initial:
             raise ClusterError(f"--initial-cluster does not list this node ({cfg.node_id})")
+        # --initial-cluster gives Raft addresses only, and the entries must be the same on
+        # every member: their API URLs are left unknown here (never guessed from the Raft
+        # address) and learned from the members themselves (note_api_url, learn_api_urls).
         entries = [
             Entry(1, i, EntryType.CONF_CHANGE, ConfChange(
-                ConfChangeType.ADD_VOTER, node_id, addr_context(addr, f"http://{addr}")).encode())
+                ConfChangeType.ADD_VOTER, node_id, addr_context(addr, "")).encode())
             for i, (node_id, addr) in enumerate(sorted(initial.items()), 1)
         ]
         storage = self._node._storage
@@ -242,16 +257,18 @@ class Membership:
             delay = min(delay * 2, 2.0)
 
     async def learn_api_urls(self) -> None:
-        """Peers named by --initial-cluster are known by Raft address; ask for their API URL."""
+        """Ask every peer for its API URL once, until it answers: peers named by
+        --initial-cluster are known by Raft address only, and a URL saved in peers.json may
+        have changed (peers that dial this node tell it sooner: note_api_url)."""
         transport = self._node._transport
         assert transport is not None
         learned: set[str] = set()
         while True:
             for node_id, (raft_addr, _) in list(self.peers.items()):
-                if node_id in learned:
+                if node_id in learned or not raft_addr:
                     continue
                 with contextlib.suppress(RaftSQLError, asyncio.TimeoutError, OSError, KeyError):
                     info = await transport.call(raft_addr, "info", {}, timeout=2.0)
-                    self.set_peer(node_id, raft_addr, str(info["api_url"]))
+                    self.note_api_url(node_id, str(info["api_url"]))
                     learned.add(node_id)
             await asyncio.sleep(1.0)

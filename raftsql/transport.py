@@ -33,6 +33,7 @@ import asyncio
 import collections
 import hmac
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,6 +61,7 @@ PROTOCOL_VERSION = "1"
 SECRET_HEADER = "X-Raftsql-Secret"
 PROTOCOL_HEADER = "X-Raftsql-Protocol"
 FROM_HEADER = "X-Raftsql-From"  # the dialing node's id
+API_HEADER = "X-Raftsql-Api-Url"  # the dialing node's client API URL
 TO_HEADER = "X-Raftsql-To"  # the node id the dialer expects at this address
 ERROR_HEADER = "X-Raftsql-Error"  # why a peer request was refused
 STREAM_PATH = "/raft/stream"
@@ -127,7 +129,7 @@ def _frame_writer(ws: aiohttp.ClientWebSocketResponse) -> Callable[[bytes], bool
 
 class _Peer:
     __slots__ = ("node_id", "addr", "queue", "wake", "task", "link", "last_heard",
-                 "dropped", "reported_drops", "failures", "touched")
+                 "dropped", "reported_drops", "failures", "touched", "ever_connected")
 
     def __init__(self, node_id: str, addr: str, max_queue: int) -> None:
         self.node_id = node_id
@@ -140,6 +142,7 @@ class _Peer:
         self.dropped = 0
         self.reported_drops = 0
         self.failures = 0  # consecutive failed dials, to log the first one only
+        self.ever_connected = False  # a dial failure then means it went away
         self.touched = False  # `send()` queued messages for it and has yet to flush them
 
 
@@ -187,6 +190,8 @@ class Transport:
         deliver: Deliver,
         *,
         secret: str | None = None,
+        api_url: str | None = None,
+        on_peer_api: Callable[[str, str], None] | None = None,
         attach_snapshot: Callable[[Message], Message] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_queue: int = 256,
@@ -216,6 +221,11 @@ class Transport:
         self._connect_timeout = connect_timeout
         self._reconnect = (reconnect_min, reconnect_max)
         self._headers = {PROTOCOL_HEADER: PROTOCOL_VERSION, FROM_HEADER: node_id}
+        if api_url is not None:
+            # Every peer this node dials learns where clients reach it: a leader's followers
+            # know its API URL before they hear of it as leader, and after every restart.
+            self._headers[API_HEADER] = api_url
+        self._on_peer_api = on_peer_api
         if secret is not None:
             self._headers[SECRET_HEADER] = secret
         self._peers: dict[str, _Peer] = {}
@@ -371,15 +381,20 @@ class Transport:
                 continue
             log.info("node=%s connected to peer=%s addr=%s", self.node_id, peer.node_id, peer.addr)
             peer.failures = 0
+            peer.ever_connected = True
             link = _Link(ws, self._now())
             try:
                 await self._pump(peer, link)
             except Exception as exc:
-                log.info("node=%s stream to peer=%s lost: %r", self.node_id, peer.node_id, exc)
+                log.info("node=%s stream to peer=%s lost: %s", self.node_id, peer.node_id,
+                         str(exc) or type(exc).__name__)
             finally:
                 if peer.link is link:
                     peer.link = None
                 await self._close_quietly(ws)
+            if ws.close_code == aiohttp.WSCloseCode.GOING_AWAY:
+                log.info("node=%s peer=%s is stopping", self.node_id, peer.node_id)
+                peer.ever_connected = False  # its absence is expected: no warning for it
             delay = low if link.acked else min(delay * 2, high)
             await asyncio.sleep(delay)
 
@@ -394,15 +409,15 @@ class Transport:
             )
 
     def _note_dial_failure(self, peer: _Peer, exc: Exception) -> None:
+        """One short line per outage: at INFO while the cluster forms (peers start at their
+        own pace), at WARNING when a peer that was reachable went away; retries are DEBUG."""
         peer.failures += 1
-        if isinstance(exc, aiohttp.WSServerHandshakeError):
-            why = exc.headers.get(ERROR_HEADER, exc.message) if exc.headers else exc.message
-            reason = f"refused: {exc.status} {why}"
+        if peer.failures == 1:
+            level = logging.WARNING if peer.ever_connected else logging.INFO
         else:
-            reason = repr(exc) if not isinstance(exc, TimeoutError) else "connect timed out"
-        level = logging.WARNING if peer.failures == 1 else logging.DEBUG
-        log.log(level, "node=%s cannot reach peer=%s addr=%s (%s); retrying with back-off",
-                self.node_id, peer.node_id, peer.addr, reason)
+            level = logging.DEBUG
+        log.log(level, "node=%s cannot reach peer=%s at %s: %s; retrying", self.node_id,
+                peer.node_id, peer.addr, _dial_error(exc))
 
     async def _pump(self, peer: _Peer, link: _Link) -> None:
         """Send what `send()` did not (while the stream lives): keep-alives, queued messages,
@@ -530,10 +545,19 @@ class Transport:
             return _text_response(400, message)
         return None
 
+    def _note_peer_api(self, request: web.Request) -> None:
+        frm, api_url = request.headers.get(FROM_HEADER), request.headers.get(API_HEADER)
+        if frm and api_url and self._on_peer_api is not None:
+            try:
+                self._on_peer_api(frm, api_url)
+            except Exception:
+                log.exception("node=%s cannot note the API URL of peer=%s", self.node_id, frm)
+
     async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
+        self._note_peer_api(request)
         expected = request.headers.get(TO_HEADER)
         if expected is not None and expected != self.node_id:
             return _text_response(409, f"this address is node {self.node_id}, not {expected}")
@@ -595,6 +619,7 @@ class Transport:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
+        self._note_peer_api(request)
         name = request.match_info["name"]
         handler = self._rpc.get(name)
         if handler is None:
@@ -658,6 +683,19 @@ class Transport:
                 await ws.close()
         except Exception as exc:
             log.debug("closing a raft stream failed: %r", exc)
+
+
+def _dial_error(exc: Exception) -> str:
+    """Why a dial failed, in a few words."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        why = exc.headers.get(ERROR_HEADER, exc.message) if exc.headers else exc.message
+        return f"refused: {exc.status} {why}"
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    os_error = getattr(exc, "os_error", None) or (exc if isinstance(exc, OSError) else None)
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()  # "connection refused", not asyncio's text
+    return str(exc) or type(exc).__name__
 
 
 def _rpc_result(raft_addr: str, name: str, status: int, body: bytes) -> dict[str, Any]:

@@ -516,3 +516,39 @@ async def test_close_is_prompt_and_idempotent(nodes):
     a.transport.send([append("a", "b", 1)])  # after close: dropped, never raises
     with pytest.raises(TransportError, match="closed"):
         await a.transport.call(b.addr, "echo", {})
+
+
+async def test_an_unreachable_peer_is_logged_once_in_words(nodes, caplog):
+    """While a cluster forms, peers not up yet are expected: one INFO line each. A peer that
+    was reachable and went away without saying it stops: one WARNING line."""
+    caplog.set_level("DEBUG", logger="raftsql.transport")
+    a, b = await nodes("a"), await nodes("b")
+    a.transport.set_peer("late", f"127.0.0.1:{free_port()}")
+    await until(lambda: a.transport.stats()["late"]["dial_failures"] >= 4)
+    lines = [r for r in caplog.records if "cannot reach peer=late" in r.getMessage()]
+    assert [r.levelname for r in lines if r.levelname != "DEBUG"] == ["INFO"]
+    assert lines[0].getMessage().endswith(": connection refused; retrying")
+    connect(a, b)
+    await until(lambda: a.transport.reachable("b"))
+    for handler in list(b.runner.server.connections):  # b dies: no close frame, no goodbye
+        handler.transport.abort()
+    await b.runner.cleanup()
+    b.runner = None
+    await until(lambda: a.transport.stats()["b"]["dial_failures"] >= 3)
+    gone = [r for r in caplog.records if "cannot reach peer=b" in r.getMessage()]
+    assert [r.levelname for r in gone if r.levelname != "DEBUG"] == ["WARNING"]
+    assert not [r for r in caplog.records if "Error(" in r.getMessage()]  # no reprs
+
+
+async def test_dialing_tells_the_peer_this_nodes_api_url(nodes):
+    learned: list[tuple[str, str]] = []
+    a = await nodes("a", api_url="http://10.1.2.3:4001")
+    b = await nodes("b", on_peer_api=lambda *peer: learned.append(peer))
+    connect(a, b)
+    a.transport.send([append("a", "b", 0)])
+    await until(lambda: len(b.received) == 1)
+    assert learned[0] == ("a", "http://10.1.2.3:4001")
+    learned.clear()
+    with pytest.raises(TransportError):  # an RPC carries it too
+        await a.transport.call(b.addr, "missing", {})
+    assert learned == [("a", "http://10.1.2.3:4001")]

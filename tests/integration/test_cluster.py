@@ -10,7 +10,7 @@ import time
 import apsw
 import pytest
 
-from raftsql.launcher import LocalCluster, free_ports, http
+from raftsql.launcher import RAFT_PORT_OFFSET, LocalCluster, free_ports, http
 
 from .conftest import eventually, execute, query
 
@@ -153,9 +153,7 @@ def test_nondeterministic_sql_gives_identical_databases_on_every_node(cluster3, 
 def test_node_joins_running_cluster_and_is_removed(cluster3, tmp_path):
     url = cluster3.url(cluster3.leader())
     execute(url, ["CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"])
-    cluster3.ids.append("n4")
-    cluster3.ports.append(free_ports(1)[0])
-    cluster3.start_node("n4", "--join", cluster3.addr("n2"))
+    cluster3.start_node(cluster3.add(), "--join", cluster3.raft_addr("n2"))
     eventually(lambda: query(cluster3.url("n4"), "SELECT x FROM t", level="none") == [[1]])
     code, body = http("GET", url + "/nodes?ver=2")
     assert code == 200 and {n["id"] for n in body["nodes"]} == {"n1", "n2", "n3", "n4"}
@@ -168,23 +166,31 @@ def test_node_joins_running_cluster_and_is_removed(cluster3, tmp_path):
 
 
 def test_bare_serve_is_a_ready_single_node(tmp_path):
-    cluster = LocalCluster(1, str(tmp_path))
-    cluster.start_node("n1", "--data-dir", str(tmp_path / "data"))
+    """Only --http-addr (4001 may be taken here): node n1, data in ./raftsql-data, Raft on the
+    HTTP listener."""
+    import subprocess
+    import sys
+
+    (port,) = free_ports(1)
+    proc = subprocess.Popen([sys.executable, "-m", "raftsql", "serve", "--http-addr",
+                             f"127.0.0.1:{port}"], cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
-        url = cluster.url("n1")
+        url = f"http://127.0.0.1:{port}"
         eventually(lambda: http("GET", url + "/readyz")[0] == 200)
         assert execute(url, ["CREATE TABLE t(x)"]) == {"results": [{}]}
         execute(url, [["INSERT INTO t VALUES(?)", 42]])
         assert query(url, "SELECT * FROM t") == [[42]]
+        assert http("GET", url + "/status?key=store.node_id")[1] == "n1"
+        assert (tmp_path / "raftsql-data" / "db.sqlite").exists()
     finally:
-        assert cluster.stop() == [0]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
 
 
 def test_pyrqlite_against_a_cluster(cluster3):
     from pyrqlite import dbapi2
 
-    port = cluster3.ports[cluster3.ids.index(cluster3.leader())]
-    conn = dbapi2.connect(host="127.0.0.1", port=port)
+    conn = dbapi2.connect(host="127.0.0.1", port=cluster3.http_port(cluster3.leader()))
     cur = conn.cursor()
     cur.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, born DATETIME)")
     cur.execute("INSERT INTO people(name, born) VALUES (?, ?)", ("ada", "1815-12-10 00:00:00"))
@@ -210,13 +216,14 @@ def _pid_of(*words: str) -> int:
     raise LookupError(words)
 
 
-def _consecutive_free_ports(n: int) -> int:
+def _consecutive_free_ports(n: int, also_at: int = 0) -> int:
+    """A first port of n free ones in a row (and n more at +also_at)."""
     import socket
 
     for base in range(20000, 60000, 97):
         try:
             socks = []
-            for port in range(base, base + n):
+            for port in [*range(base, base + n), *range(base + also_at, base + also_at + n)]:
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", port))
@@ -233,12 +240,13 @@ def test_cluster_command_survives_leader_kill_and_stops_on_sigterm(tmp_path):
     import subprocess
     import sys
 
-    base = _consecutive_free_ports(3)
+    base = _consecutive_free_ports(3, also_at=RAFT_PORT_OFFSET)
     data = str(tmp_path / "c")
     proc = subprocess.Popen([sys.executable, "-m", "raftsql", "cluster", "3", "--base-port", str(base),
                              "--data-dir", data], stderr=subprocess.PIPE)
     try:
-        view = LocalCluster(3, data, ports=[base, base + 1, base + 2])  # to observe, not to start
+        http_ports = [base, base + 1, base + 2]
+        view = LocalCluster(3, data, http_ports, [p + RAFT_PORT_OFFSET for p in http_ports])
         urls = {i: view.url(i) for i in view.ids}
         leader = view.leader(among=view.ids, timeout=30)
         execute(urls[leader], ["CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"])
@@ -271,17 +279,17 @@ def test_cluster_secret_keeps_outsiders_out(tmp_path):
     wrong = tmp_path / "wrong"
     wrong.write_text("guess\n")
     cluster = LocalCluster(2, str(tmp_path), extra_args=["--election-ms", "500", "--heartbeat-ms", "50"])
-    cluster.start_node("n1", "--initial-cluster", f"n1={cluster.addr('n1')}",
+    cluster.start_node("n1", "--initial-cluster", f"n1={cluster.raft_addr('n1')}",
                        "--cluster-secret-file", str(secret))
     try:
         eventually(lambda: http("GET", cluster.url("n1") + "/readyz")[0] == 200)
-        cluster.start_node("n2", "--join", cluster.addr("n1"), "--cluster-secret-file", str(wrong))
+        cluster.start_node("n2", "--join", cluster.raft_addr("n1"), "--cluster-secret-file", str(wrong))
         time.sleep(2)
         code, body = http("GET", cluster.url("n1") + "/nodes?ver=2")
         assert [n["id"] for n in body["nodes"]] == ["n1"]  # the impostor never got in
         assert "401" in (tmp_path / "n2.log").read_text()
         cluster.stop_node("n2")
-        cluster.start_node("n2", "--join", cluster.addr("n1"), "--cluster-secret-file", str(secret))
+        cluster.start_node("n2", "--join", cluster.raft_addr("n1"), "--cluster-secret-file", str(secret))
         eventually(lambda: len(http("GET", cluster.url("n1") + "/nodes?ver=2")[1]["nodes"]) == 2)
     finally:
         assert cluster.stop() == [0, 0]
