@@ -1,17 +1,47 @@
-"""The `raftsql` command line: `serve` runs one node, `cluster N` runs N local nodes."""
+"""The `raftsql` command line: `serve` runs one node, `cluster N` runs N local nodes.
+
+Only what main() needs before its signal handlers are in place is imported up here: the
+rest (asyncio alone takes tens of milliseconds) is imported once they are.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import signal
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from raftsql import __version__
-from raftsql.errors import RaftSQLError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StopRequest:
+    """SIGTERM and SIGINT, from the first line of main() until the process exits.
+
+    The handlers are installed before anything slow (imports, opening the data directory)
+    and never taken away: a signal at any moment of a node's life asks it to stop, and a
+    second one is not a second, fatal, default action. asyncio's own handlers would be
+    removed when the loop closes, and the default action would then kill the process."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._wake: Callable[[], None] | None = None
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        # A launcher may start us with them blocked (raftsql.launcher does): deliver now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self._wake is not None:
+            self._wake()
+
+    def on_request(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from the signal handler) when a stop is requested."""
+        self._wake = wake
+        if self.requested:
+            wake()
 
 
 def _addr(value: str) -> str:
@@ -32,81 +62,145 @@ def _cluster(value: str) -> dict[str, str]:
 
 
 def _positive(value: str) -> int:
-    n = int(value)
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if n <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return n
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default; those with no value say it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" not in text and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raftsql", description="Replicated SQLite over Raft.")
     parser.add_argument("--version", action="version", version=f"raftsql {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    defaults = _Help
 
-    serve = sub.add_parser("serve", help="run one node")
-    serve.add_argument("--node-id", default="n1")
-    serve.add_argument("--data-dir", default="raftsql-data")
-    serve.add_argument("--http-addr", type=_addr, default="127.0.0.1:4001")
-    serve.add_argument("--raft-addr", type=_addr, default=None,
-                       help="where peers reach this node (default: the HTTP address)")
+    serve = sub.add_parser("serve", help="run one node", formatter_class=defaults,
+                           description="Run one raftsql node. With no flags: a ready "
+                           "single-node cluster on 127.0.0.1:4001.")
+    serve.add_argument("--node-id", default="n1", help="this node's id; it must never change")
+    serve.add_argument("--data-dir", default="raftsql-data",
+                       help="where the Raft log, snapshots and the database live")
+    serve.add_argument("--http-addr", type=_addr, default="127.0.0.1:4001", metavar="HOST:PORT",
+                       help="where clients reach the HTTP API")
+    serve.add_argument("--raft-addr", type=_addr, default=None, metavar="HOST:PORT",
+                       help="where peers reach this node, on a listener of its own (default: "
+                       "the HTTP listener, under /raft/)")
     group = serve.add_mutually_exclusive_group()
-    group.add_argument("--initial-cluster", type=_cluster, default=None,
-                       help="ID=HOST:PORT,... : all voters of a new cluster")
+    group.add_argument("--initial-cluster", type=_cluster, default=None, metavar="ID=HOST:PORT,...",
+                       help="every voter of a new cluster, by Raft address (the same list on "
+                       "each); ignored on restart (default: a cluster of this node alone)")
     group.add_argument("--join", type=lambda v: [_addr(a) for a in v.split(",")], default=None,
-                       help="HOST:PORT[,HOST:PORT...] of members of a running cluster")
-    serve.add_argument("--non-voter", action="store_true", help="join as a read replica")
-    serve.add_argument("--heartbeat-ms", type=_positive, default=100)
-    serve.add_argument("--election-ms", type=_positive, default=1000)
-    serve.add_argument("--snapshot-threshold", type=_positive, default=8192)
-    serve.add_argument("--cluster-secret-file", default=None)
-    serve.add_argument("--max-body-bytes", type=_positive, default=64 * 2**20)
+                       metavar="HOST:PORT[,...]",
+                       help="Raft addresses of members of a running cluster to join through; "
+                       "ignored on restart (default: do not join)")
+    serve.add_argument("--non-voter", action="store_true",
+                       help="join as a non-voting read replica (default: join as a voter)")
+    serve.add_argument("--heartbeat-ms", type=_positive, default=100, metavar="MS",
+                       help="the leader's heartbeat interval, and the tick of the Raft clock")
+    serve.add_argument("--election-ms", type=_positive, default=1000, metavar="MS",
+                       help="election timeouts are drawn from [MS, 2*MS)")
+    serve.add_argument("--fk", action="store_true",
+                       help="enforce foreign key constraints; give every node the same flag "
+                       "(default: not enforced, as in SQLite)")
+    serve.add_argument("--snapshot-threshold", type=_positive, default=8192, metavar="ENTRIES",
+                       help="snapshot the database and compact the log after this many entries")
+    serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
+                       help="a file holding a secret every peer request must carry, the same on "
+                       "every node (default: none; peer traffic is accepted from anyone)")
+    serve.add_argument("--max-body-bytes", type=_positive, default=64 * 2**20, metavar="BYTES",
+                       help="the largest request body the HTTP API accepts (413 above)")
 
-    cluster = sub.add_parser("cluster", help="run N local nodes for trying things; Ctrl-C stops all")
-    cluster.add_argument("n", nargs="?", type=_positive, default=3)
-    cluster.add_argument("--base-port", type=_positive, default=4001)
-    cluster.add_argument("--data-dir", default="raftsql-cluster")
+    cluster = sub.add_parser("cluster", formatter_class=defaults,
+                             help="run N local nodes for trying things; Ctrl-C stops all",
+                             description="Run N local nodes: HTTP on consecutive ports from "
+                             "--base-port, Raft on the same ports + 100.")
+    cluster.add_argument("n", nargs="?", type=_positive, default=3, metavar="N",
+                         help="how many nodes")
+    cluster.add_argument("--base-port", type=_positive, default=4001, metavar="PORT",
+                         help="the first node's HTTP port")
+    cluster.add_argument("--data-dir", default="raftsql-cluster",
+                         help="the nodes' data directories go under it, one per node")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop = _StopRequest()
+    import logging
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     if args.command == "serve":
-        return _serve(args)
-    return _run_cluster(args)
+        return _serve(args, stop)
+    return _run_cluster(args, stop)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
+    import asyncio
+    import logging
+
+    from raftsql.errors import RaftSQLError
     from raftsql.http.app import make_app
     from raftsql.node import Node, NodeConfig
 
+    if stop.requested:
+        return 0
     secret = None
     if args.cluster_secret_file:
-        with open(args.cluster_secret_file) as f:
-            secret = f.read().strip()
+        try:
+            with open(args.cluster_secret_file) as f:
+                secret = f.read().strip()
+        except OSError as e:
+            logging.getLogger("raftsql").error("cannot start: %s", e)
+            return 1
     config = NodeConfig(
         node_id=args.node_id, data_dir=args.data_dir, http_addr=args.http_addr,
         raft_addr=args.raft_addr, initial_cluster=args.initial_cluster or {},
         join=args.join or [], non_voter=args.non_voter, heartbeat_ms=args.heartbeat_ms,
         election_ms=args.election_ms, snapshot_threshold=args.snapshot_threshold,
-        cluster_secret=secret,
+        cluster_secret=secret, fk=args.fk,
     )
 
-    async def run() -> None:
+    async def run() -> int:
         node = Node(config, api=lambda n: make_app(n, max_body_bytes=args.max_body_bytes))
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await node.start()
-        failed = asyncio.ensure_future(node.wait_failed())
-        await asyncio.wait([failed, asyncio.ensure_future(stop.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
-        await node.stop(transfer=not failed.done())
-        return 1 if failed.done() else 0
+        stopping = asyncio.Event()
+        stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))
+        asked = asyncio.ensure_future(stopping.wait())
+        starting = asyncio.ensure_future(node.start())
+        try:
+            # Start-up (opening the log, restoring a snapshot, binding) can be stopped too.
+            await asyncio.wait([starting, asked], return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                await node.stop(transfer=False)
+                return 0
+            starting.result()  # start-up failed: OSError or RaftSQLError, reported below
+            failed = asyncio.ensure_future(node.wait_failed())
+            await asyncio.wait([failed, asked], return_when=asyncio.FIRST_COMPLETED)
+            await node.stop(transfer=not failed.done())
+            return 1 if failed.done() else 0
+        except BaseException:
+            await node.stop(transfer=False)
+            raise
+        finally:
+            asked.cancel()
 
     try:
         return asyncio.run(run())
@@ -115,35 +209,29 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
-def _run_cluster(args: argparse.Namespace) -> int:
-    from raftsql.launcher import LocalCluster
+def _run_cluster(args: argparse.Namespace, stop: _StopRequest) -> int:
+    import time
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    from raftsql.launcher import RAFT_PORT_OFFSET, LocalCluster
 
-    # Ctrl-C and SIGTERM both stop every node, even when started where SIGINT is ignored.
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    ports = [args.base_port + i for i in range(args.n)]
-    cluster = LocalCluster(args.n, args.data_dir, ports, log=sys.stderr.fileno())
+    http_ports = [args.base_port + i for i in range(args.n)]
+    raft_ports = [p + RAFT_PORT_OFFSET for p in http_ports]
+    cluster = LocalCluster(args.n, args.data_dir, http_ports, raft_ports, log=sys.stderr.fileno())
     cluster.start()
     urls = ", ".join(cluster.url(i) for i in cluster.ids)
-    print(f"raftsql: {args.n} nodes at {urls} (data in {args.data_dir}); Ctrl-C stops them",
-          file=sys.stderr, flush=True)
+    print(f"raftsql: {args.n} nodes at {urls} (Raft on ports {raft_ports[0]}-{raft_ports[-1]}, "
+          f"data in {args.data_dir}); Ctrl-C stops them", file=sys.stderr, flush=True)
     # Nodes may die or be killed (that is what a cluster is for trying): report it and keep
-    # the others running until Ctrl-C or until none is left.
+    # the others running until Ctrl-C or SIGTERM, or until none is left.
     running = set(cluster.ids)
-    try:
-        while running:
-            time.sleep(0.5)
-            for node_id in running - set(cluster.running()):
-                code = cluster.procs[node_id].returncode
-                print(f"raftsql: node {node_id} exited with {code}; the others go on "
-                      f"(restart it with: {' '.join(cluster.command(node_id))})",
-                      file=sys.stderr, flush=True)
-            running = set(cluster.running())
-    except KeyboardInterrupt:
-        pass
+    while running and not stop.requested:
+        time.sleep(0.2)
+        for node_id in running - set(cluster.running()):
+            code = cluster.procs[node_id].returncode
+            print(f"raftsql: node {node_id} exited with {code}; the others go on "
+                  f"(restart it with: {' '.join(cluster.command(node_id))})",
+                  file=sys.stderr, flush=True)
+        running = set(cluster.running())
     still_running = cluster.running()
     cluster.stop()
     return 0 if all(cluster.procs[i].returncode == 0 for i in still_running) else 1
