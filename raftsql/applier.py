@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from raftsql.errors import RaftSQLError
 from raftsql.raft.messages import Entry, EntryType, Message, Snapshot, SnapshotMeta
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Applier:
         self.inline_off_until = 0.0  # loop time until which nothing is applied inline
         self.snapshot_index = 0
         self.applied_term = 0
+        self._snapshot_waiters: list[asyncio.Future[None]] = []  # snapshot_now() callers
 
     @property
     def _sm(self) -> StateMachine | None:
@@ -87,6 +89,10 @@ class Applier:
     def close(self) -> None:
         self._backlog.clear()
         self._pool.shutdown(wait=True)
+        for fut in self._snapshot_waiters:
+            if not fut.done():
+                fut.set_exception(RaftSQLError("node stopped"))
+        self._snapshot_waiters = []
 
     # ---- applying -----------------------------------------------------------------
 
@@ -121,6 +127,14 @@ class Applier:
                 self._apply_on_thread(kind, entries, functools.partial(self._apply_entries, entries))
                 return
             self._after_apply(entries, results)
+        if self._snapshot_waiters and not self._applying and not self._node._stopping:
+            if self._node.applied_index > self.snapshot_index:
+                self._start_snapshot()
+            else:  # the snapshot just taken holds everything applied
+                for fut in self._snapshot_waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+                self._snapshot_waiters = []
 
     def _apply_on_thread(self, kind: str, payload: Any, job: Callable[[], Any]) -> None:
         self._applying = True
@@ -146,11 +160,7 @@ class Applier:
         node._complete_proposals(entries, results)
         self._set_applied(entries[-1].index, entries[-1].term)
         if node.applied_index - self.snapshot_index >= node.config.snapshot_threshold:
-            # Taken on the apply thread before any later batch: exactly what is applied.
-            self._applying = True  # until _snapshot_done
-            task = asyncio.get_running_loop().create_task(self._take_snapshot())
-            node._tasks.append(task)
-            task.add_done_callback(self._snapshot_done)
+            self._start_snapshot()
             return
         checkpoint_due = getattr(self._sm, "checkpoint_due", None)
         if checkpoint_due is not None and checkpoint_due():
@@ -189,15 +199,43 @@ class Applier:
             self._sm.mark_applied(entries[-1].index)  # type: ignore[union-attr]
         return results
 
-    def _snapshot_done(self, task: asyncio.Task[None]) -> None:
+    async def snapshot_now(self) -> bool:
+        """Snapshot what is applied and compact the log now (POST /snapshot); False, doing
+        nothing, when the latest snapshot already holds everything applied."""
+        if self._node.applied_index <= self.snapshot_index:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        self._snapshot_waiters.append(fut)
+        if not self._applying:
+            self._apply_next()  # else once what is on the apply thread is done
+        await fut
+        return True
+
+    def _start_snapshot(self) -> None:
+        # Taken on the apply thread before any later batch: exactly what is applied.
+        node = self._node
+        self._applying = True  # until _snapshot_done
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        task = asyncio.get_running_loop().create_task(self._take_snapshot())
+        node._tasks.append(task)
+        task.add_done_callback(functools.partial(self._snapshot_done, waiters))
+
+    def _snapshot_done(self, waiters: list[asyncio.Future[None]], task: asyncio.Task[None]) -> None:
         node = self._node
         with contextlib.suppress(ValueError):
             node._tasks.remove(task)
+        failure = RaftSQLError("node stopped") if task.cancelled() else task.exception()
+        for fut in waiters:
+            if fut.done():
+                continue
+            if failure is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(failure)
         if task.cancelled() or node._stopping:
             return
-        exc = task.exception()
-        if exc is not None:
-            node._fail(exc)
+        if failure is not None:
+            node._fail(failure)
             return
         self._applying = False
         self._apply_next()

@@ -229,6 +229,7 @@ class Node:
         self._raft = self._make_raft()
         self._transport = Transport(
             self.node_id, self._deliver, secret=self.config.cluster_secret,
+            api_url=self.api_url, on_peer_api=membership.note_api_url,
             attach_snapshot=self._applier.attach_snapshot,
         )
         self._transport.on_rpc("join", membership.on_join)
@@ -327,6 +328,13 @@ class Node:
                     ) -> list[StatementResult]:
         """Run read-only statements on the state machine's read connections (see Reads.query)."""
         return await self._reads.query(statements, options or ReadOptions())
+
+    async def snapshot(self) -> bool:
+        """Snapshot the state machine and compact the log now; False if the latest snapshot
+        already holds everything applied."""
+        if self._stopping:
+            raise RaftSQLError("node stopped")
+        return await self._applier.snapshot_now()
 
     async def add_member(
         self, node_id: str, raft_addr: str, api_url: str, voter: bool = True, timeout: float = 10.0

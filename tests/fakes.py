@@ -47,6 +47,7 @@ class FakeNode:
         self.removed = False
         self.fk = False
         self.status_override: dict[str, Any] = {}  # /status raft fields a test sets
+        self.snapshot_index = 0
         # Failure injection: raised (once) by the next execute / read_barrier.
         self.fail_execute: BaseException | None = None
         self.fail_barrier: BaseException | None = None
@@ -130,6 +131,11 @@ class FakeNode:
                     ) -> list[StatementResult]:
         self.calls.append(("local-query", statements))
         return self.database.query(statements, options or ReadOptions())
+
+    async def snapshot(self) -> bool:
+        self.calls.append(("snapshot", None))
+        taken, self.snapshot_index = self.raft_index > self.snapshot_index, self.raft_index
+        return taken
 
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
         if not self.is_leader:

@@ -294,6 +294,52 @@ async def test_raft_index_flag(client, node) -> None:
     assert json.loads(body) == {"results": [{}], "raft_index": node.raft_index}
     _, _, body = await call(client, "POST", "/db/execute", ["CREATE TABLE ri2(x)"])
     assert b"raft_index" not in body
+    # as in rqlite: a strong read is an entry of the log and has an index; other reads none
+    _, _, body = await call(client, "GET", "/db/query?raft_index&level=strong&q=SELECT+1")
+    assert json.loads(body)["raft_index"] == node.raft_index == 3
+    _, _, body = await call(client, "GET", "/db/query?raft_index&q=SELECT+1")
+    assert b"raft_index" not in body
+
+
+async def test_db_timeout_interrupts_long_statements(client, node) -> None:
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000) "
+            "SELECT count(*) FROM n")
+    status, _, body = await call(client, "POST", "/db/query?db_timeout=50ms", ["SELECT 1", slow])
+    assert status == 200 and [r.get("error") for r in json.loads(body)["results"]] == [
+        None, "query timeout"]
+    await call(client, "POST", "/db/execute", ["CREATE TABLE big (x)"])
+    long_write = slow.replace("SELECT count(*) FROM n", "INSERT INTO big SELECT i FROM n")
+    status, _, body = await call(client, "POST", "/db/execute?db_timeout=50ms", [long_write])
+    assert (status, json.loads(body)["results"]) == (200, [{"error": "execute timeout"}])
+    _, _, body = await call(client, "GET", "/db/query?q=SELECT+count(*)+FROM+big")
+    assert json.loads(body)["results"][0]["values"] == [[0]]
+    status, _, body = await call(client, "POST", "/db/execute?db_timeout=bogus", ["SELECT 1"])
+    assert (status, body) == (400, b"db_timeout is not a valid duration\n")
+
+
+async def test_qualify_columns(client) -> None:
+    await setup_foo(client)
+    _, _, body = await call(client, "GET", "/db/query?qualify_columns&q=SELECT+a.id,+b.name,+1+AS+one"
+                            "+FROM+foo+a+JOIN+foo+b+ON+a.id=b.id+WHERE+a.id=1")
+    assert json.loads(body)["results"][0]["columns"] == ["foo.id", "foo.name", "one"]
+    _, _, body = await call(client, "POST", "/db/request?qualify_columns&level=strong",
+                            ["SELECT id FROM foo WHERE id = 1"])
+    assert json.loads(body)["results"][0]["columns"] == ["foo.id"]
+
+
+async def test_pragmas_that_read_are_queries(client) -> None:
+    await setup_foo(client)
+    _, _, body = await call(client, "GET", "/db/query?q=PRAGMA+journal_mode")
+    assert body == b'{"results":[{"columns":["journal_mode"],"types":["text"],"values":[["wal"]]}]}'
+    for pragma in ["PRAGMA table_info(foo)", "PRAGMA index_list(foo)", "PRAGMA foreign_keys",
+                   "PRAGMA user_version"]:
+        for path in ["/db/query", "/db/request"]:
+            status, _, body = await call(client, "POST", path, [pragma])
+            assert status == 200 and "error" not in json.loads(body)["results"][0], (path, body)
+    _, _, body = await call(client, "POST", "/db/query", ["PRAGMA user_version=3"])
+    assert json.loads(body)["results"] == [{"error": "attempt to change database via query operation"}]
+    _, _, body = await call(client, "GET", "/db/query")  # no q at all: nothing to run
+    assert body == b'{"results":[]}'
 
 
 async def test_levels_reach_the_node(client, node) -> None:
@@ -434,6 +480,19 @@ async def test_every_response_has_version_and_cors_headers(client) -> None:
         assert resp.headers["Access-Control-Allow-Methods"] == "OPTIONS, GET, POST"
         assert resp.headers["Access-Control-Allow-Headers"] == "Content-Type"
         assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_failures_close_the_connection(client) -> None:
+    """pyrqlite leaves a non-200 answer unread and would send its next request twice on the
+    same connection; a closed one makes it reconnect."""
+    for method, path, body, status in [
+        ("POST", "/db/execute", b"{", 400), ("GET", "/missing", None, 404),
+        ("POST", "/db/execute", b'["PRAGMA synchronous=OFF"]', 400),
+    ]:
+        resp = await client.request(method, path, data=body, allow_redirects=False)
+        assert (resp.status, resp.headers.get("Connection")) == (status, "close"), path
+    resp = await client.get("/db/query?q=SELECT+1")
+    assert resp.status == 200 and resp.headers.get("Connection") != "close"
 
 
 async def test_allow_origin(node, aiohttp_client) -> None:

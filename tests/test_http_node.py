@@ -69,3 +69,51 @@ async def test_real_nodes(cluster) -> None:
     assert (await call(follower, "GET", "/readyz"))[0] == 200
     status, _, body = await call(follower, "GET", "/leader")
     assert json.loads(body)["id"] == leader.node_id
+
+
+async def _call(session, node, method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    async with session.request(method, node.api_url + path, data=data, allow_redirects=False,
+                               headers={"Content-Type": "application/json"}) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_post_snapshot_compacts_the_log_now(cluster) -> None:
+    nodes, leader, session = cluster
+    follower = next(n for n in nodes if not n.is_leader)
+    await _call(session, leader, "POST", "/db/execute",
+                ["CREATE TABLE s(x)", *[f"INSERT INTO s VALUES({i})" for i in range(5)]])
+    for i in range(10):
+        await _call(session, leader, "POST", "/db/execute", [f"INSERT INTO s VALUES({i})"])
+    await wait_for(lambda: follower.applied_index >= leader.applied_index)
+    before = follower.status()["raft"]
+    assert before["first_log_index"] == 1 and before["snapshot_index"] == 0
+    assert (await _call(session, follower, "POST", "/snapshot")) == (200, b"")  # this node's own
+    after = follower.status()["raft"]
+    assert after["snapshot_index"] == before["applied_index"]
+    assert after["first_log_index"] == before["applied_index"] + 1
+    assert (await _call(session, follower, "POST", "/snapshot"))[0] == 204  # nothing new
+    assert leader.status()["raft"]["snapshot_index"] == 0  # the others are untouched
+    assert (await _call(session, follower, "POST", "/snapshot?trailing_logs=5"))[0] == 400
+    status, body = await _call(session, follower, "GET", "/db/query?level=none&q=SELECT+count(*)+FROM+s")
+    assert json.loads(body)["results"][0]["values"] == [[15]]
+
+
+async def test_removing_the_leader_succeeds_and_the_others_go_on(cluster) -> None:
+    nodes, leader, session = cluster
+    others = [n for n in nodes if n is not leader]
+    assert (await _call(session, leader, "POST", "/db/execute", ["CREATE TABLE r(x)"]))[0] == 200
+    status, body = await _call(session, others[0], "DELETE", "/remove", {"id": leader.node_id})
+    assert (status, body) == (200, b"")  # forwarded to the leader, which removed itself
+    await wait_for(lambda: any(n.is_leader for n in others))
+    new = next(n for n in others if n.is_leader)
+    assert leader.node_id not in new.conf.members()
+    status, _ = await _call(session, others[0], "POST", "/db/execute", ["INSERT INTO r VALUES(1)"])
+    assert status == 200
+    await wait_for(lambda: leader.removed and not leader.is_leader)
+    status, body = await _call(session, leader, "POST", "/db/execute?timeout=2s",
+                               ["INSERT INTO r VALUES(2)"])
+    assert (status, json.loads(body)["error"]) == (
+        503, "this node is not a member of the cluster (it was removed)")
+    _, body = await _call(session, new, "GET", "/db/query?q=SELECT+x+FROM+r")
+    assert json.loads(body)["results"][0]["values"] == [[1]]

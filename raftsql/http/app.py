@@ -56,6 +56,7 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_get("/leader", routes_cluster.handle_leader_get)
     r.add_post("/leader", routes_cluster.handle_leader_post)
     r.add_delete("/remove", routes_cluster.handle_remove)
+    r.add_post("/snapshot", routes_cluster.handle_snapshot)
     r.add_get("/", _root)
 
 
@@ -91,6 +92,13 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
     state = request.app[STATE]
+    if response.status >= 300:
+        # pyrqlite raises on any status but 200 without reading the body; http.client then
+        # sends its next request on the same connection, fails to read the answer, and
+        # pyrqlite sends that request again: a write applied twice. A closed connection
+        # makes it open a new one instead.
+        response.force_close()
+        response.headers["Connection"] = "close"  # the headers were made before this hook
     h = response.headers
     h["X-RQLITE-VERSION"] = VERSION
     h["Access-Control-Allow-Methods"] = "OPTIONS, GET, POST"

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from raftsql import __version__
-from raftsql.errors import ClusterError, LeadershipLostError
+from raftsql.errors import ClusterError, LeadershipLostError, RaftSQLError
 from raftsql.http import forward
 from raftsql.http.encode import dumps, indent, json_float
 from raftsql.http.params import Params, go_duration_string
@@ -275,3 +275,22 @@ async def handle_remove(request: web.Request) -> web.Response:
         return web.Response(status=200)
 
     return await _on_leader(state, request, body, params, serve)
+
+
+# ---- /snapshot ----------------------------------------------------------------------
+
+
+async def handle_snapshot(request: web.Request) -> web.Response:
+    """Snapshot this node's database and compact its log now (rqlite 8.26+): 200, or 204
+    when the latest snapshot already holds everything applied."""
+    state = state_of(request)
+    params = Params.parse(request.query)
+    if params.integer("trailing_logs", 0) != 0:
+        # Keeping log entries behind the snapshot needs a log that starts before it.
+        raise HttpError(400, "trailing_logs is not supported: raftsql compacts the whole "
+                        "applied log into the snapshot")
+    try:
+        taken = await state.node.snapshot()
+    except RaftSQLError as e:
+        return forward.failure(str(e))
+    return web.Response(status=200 if taken else 204)

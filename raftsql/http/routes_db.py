@@ -142,10 +142,9 @@ async def _queued(req: _Request) -> web.Response:
 async def handle_query(request: web.Request) -> web.Response:
     req = await _begin(request)
     if request.method == "GET":
-        q = req.params.q
-        if q is None:  # rqlite runs the empty statement, which gives no result
-            return req.answer([], kind="query")
-        statements: list[Any] = [q]
+        # Without q, rqlite reads the empty statement: it goes where a read goes and gives
+        # no result (an empty q is a 400, see Params).
+        statements: list[Any] = [req.params.q or ""]
     else:
         statements = parse_statements(req.body, request.headers.get("Content-Type"))
     if disallowed_pragma(statements):
@@ -155,18 +154,20 @@ async def handle_query(request: web.Request) -> web.Response:
 
 async def _read(req: _Request, statements: list[Any]) -> web.Response:
     try:
-        results = await read(req.state, req.params, statements)
+        results, index = await read(req.state, req.params, statements)
     except StaleReadError as e:
         return req.unavailable(str(e))
     except LeadershipLostError as e:
         return req.unavailable(str(e) or LEADERSHIP_LOST)
     except TimeoutError:
         return req.unavailable(READ_TIMEOUT_ERROR)
-    return req.answer(results, kind="query")
+    return req.answer(results, kind="query", raft_index=index)
 
 
-async def read(state: ApiState, params: Params, statements: list[Any]) -> list[StatementResult]:
+async def read(state: ApiState, params: Params, statements: list[Any]
+               ) -> tuple[list[StatementResult], int]:
     """Serve reads at the requested level (rqlite-api.md §2.1); raftsql's default is linearizable.
+    With the results, the Raft index of a strong read's entry (0 for the other levels).
 
     none: this node's copy, refused as `stale read` when `freshness` is set and the leader
     was last heard from longer ago (the leader itself ignores freshness); weak: the node
@@ -181,15 +182,14 @@ async def read(state: ApiState, params: Params, statements: list[Any]) -> list[S
     if level == "none":
         if params.freshness > 0 and not node.is_leader and _stale(state, params):
             raise StaleReadError()
-        return await node.query(statements, options)
+        return await node.query(statements, options), 0
     if level == "strong":
-        results, _ = await node.execute(statements, transaction=params.transaction, op="query",
-                                        timeout=params.timeout, db_timeout=params.db_timeout,
-                                        qualify=params.qualify_columns)
-        return results
+        return await node.execute(statements, transaction=params.transaction, op="query",
+                                  timeout=params.timeout, db_timeout=params.db_timeout,
+                                  qualify=params.qualify_columns)
     timeout = params.linearizable_timeout if level == "linearizable" else params.timeout
     await node.read_barrier(level, timeout)
-    return await node.query(statements, options)
+    return await node.query(statements, options), 0
 
 
 def _stale(state: ApiState, params: Params) -> bool:
