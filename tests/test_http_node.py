@@ -97,6 +97,14 @@ async def test_post_snapshot_compacts_the_log_now(cluster) -> None:
     assert (await _call(session, follower, "POST", "/snapshot?trailing_logs=5"))[0] == 400
     status, body = await _call(session, follower, "GET", "/db/query?level=none&q=SELECT+count(*)+FROM+s")
     assert json.loads(body)["results"][0]["values"] == [[15]]
+    # the schema is exactly the user's, at every level, on every node, after the snapshot
+    for node in nodes:
+        for level in ("none", "weak", "linearizable", "strong"):
+            for sql in ("SELECT name FROM sqlite_master", "SELECT name FROM sqlite_schema",
+                        "SELECT name FROM pragma_table_list WHERE schema = 'main'"):
+                _, body = await _call(session, node, "POST", f"/db/query?level={level}", [sql])
+                names = {v[0] for v in json.loads(body)["results"][0]["values"]}
+                assert names - {"sqlite_schema"} == {"s"}, (node.node_id, level, sql)
 
 
 async def test_removing_the_leader_succeeds_and_the_others_go_on(cluster) -> None:
