@@ -96,10 +96,14 @@ def stored_index(index: int) -> int:
 
 def resolve_index(stored: int, log_end: int | None) -> int:
     """The applied index whose value modulo 2^32 is `stored`: the largest one <= log_end (the
-    Raft log's last index, which applying never passes). Without a log, `stored` itself."""
+    Raft log's last index, which applying never passes). Without a log, `stored` itself.
+    Raises ValueError when no such index exists."""
     stored %= INDEX_MODULUS
-    if log_end is None or log_end < stored:
+    if log_end is None:
         return stored
+    if log_end < stored:
+        raise ValueError(f"the database has applied log index {stored}, the log ends at "
+                         f"{log_end}")
     return log_end - (log_end - stored) % INDEX_MODULUS
 
 
@@ -199,10 +203,14 @@ class Database:
             self._writer.conn.set_wal_hook(self._on_wal_commit)
             self._register_functions()
             stored = self._writer.exec_control("PRAGMA application_id")[0][0]
-        except BaseException:
+            self._applied = resolve_index(stored, log_end)
+        except BaseException as e:
+            with contextlib.suppress(AttributeError):
+                self._writer.conn.close()
             self._vfs.unregister()
+            if isinstance(e, ValueError):  # a database from elsewhere, not from this log
+                raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from e
             raise
-        self._applied = resolve_index(stored, log_end)
         self._dirty = False  # mark_applied() raised _applied past what the header holds
         # When the leader wrote the last command applied (its clock): how old the data is,
         # for freshness_strict. None until a command is applied.

@@ -16,7 +16,7 @@ import apsw
 import pytest
 
 from raftsql.command import Command, ReadOptions, StatementResult
-from raftsql.errors import RaftSQLError
+from raftsql.errors import RaftSQLError, StorageError
 from raftsql.sqlite import (
     QUERY_WRITE_ERROR,
     BadStatementError,
@@ -305,6 +305,16 @@ def test_the_applied_index_is_stored_modulo_2_32_and_resolved_against_the_log(tm
     with Database(path, log_end=(index or 1) + 77) as d:
         assert d.applied_index() == (index or 1)
         assert d.apply([entry(index or 1, ["CREATE TABLE t (x)"])]) == [None]  # not again
+
+
+def test_a_database_ahead_of_the_log_is_refused(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    with Database(path) as d:
+        d.apply([entry(9, ["CREATE TABLE t (x)"])])
+    with pytest.raises(StorageError, match="does not belong with this Raft log"):
+        Database(path, log_end=3)
+    with Database(path, log_end=9) as d:  # nothing was left open or registered
+        assert d.applied_index() == 9
 
 
 # ---- statement semantics ------------------------------------------------------------------
