@@ -13,7 +13,7 @@ __all__ = ["Node", "NodeConfig", "__version__"]
 def __getattr__(name: str) -> Any:
     # Imported lazily so `raftsql --version` and the pure core stay light.
     if name in ("Node", "NodeConfig"):
-        from raftsql import node
+        from raftsql.node import node
 
         return getattr(node, name)
     raise AttributeError(name)

@@ -1,3 +1,3 @@
-from raftsql.cli import main
+from raftsql.cli.main import main
 
 raise SystemExit(main())

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import ClusterError, NotLeaderError
-from raftsql.sqlite import Database
-from raftsql.sqlsession import steps_for
+from raftsql.sql.command import Command, ReadOptions, StatementResult
+from raftsql.sql.database import Database
+from raftsql.sql.session import steps_for
 
 
 @dataclass(frozen=True, slots=True)

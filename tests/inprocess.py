@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from raftsql.launcher import free_ports
-from raftsql.node import Node, NodeConfig
+from raftsql.cli.launcher import free_ports
+from raftsql.node.node import Node, NodeConfig
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> None:

@@ -10,16 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftsql.raft.codec import (
-    CHUNK_OVERHEAD,
-    VERSION,
-    FrameAssembler,
-    decode_ack,
-    decode_batch,
-    encode_ack,
-    encode_batch,
-    split_frame,
-)
 from raftsql.raft.messages import (
     ConfState,
     Entry,
@@ -28,6 +18,16 @@ from raftsql.raft.messages import (
     MessageType,
     Snapshot,
     SnapshotMeta,
+)
+from raftsql.transport.codec import (
+    CHUNK_OVERHEAD,
+    VERSION,
+    FrameAssembler,
+    decode_ack,
+    decode_batch,
+    encode_ack,
+    encode_batch,
+    split_frame,
 )
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftsql.command import StatementResult
-from raftsql.http.encode import (
+from raftsql.http.rqlite.encode import (
     TimeRangeError,
     convert_rows,
     dumps,
@@ -23,6 +22,7 @@ from raftsql.http.encode import (
     time_int,
     time_text,
 )
+from raftsql.sql.command import StatementResult
 
 
 def enc(value: object) -> str:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from raftsql.cli.launcher import free_ports
 from raftsql.errors import NotLeaderError
-from raftsql.launcher import free_ports
-from raftsql.node import Node, NodeConfig
+from raftsql.node.node import Node, NodeConfig
 from raftsql.raft.messages import Role
-from raftsql.raft.storage import Storage
+from raftsql.storage.log import Storage
 
 from .inprocess import start_nodes, wait_for
 
@@ -117,7 +117,7 @@ class CountingStorage(Storage):
 
 @pytest.fixture
 async def single(tmp_path, monkeypatch):
-    monkeypatch.setattr("raftsql.node.Storage", CountingStorage)
+    monkeypatch.setattr("raftsql.node.node.Storage", CountingStorage)
     (port,) = free_ports(1)
     node = Node(NodeConfig(data_dir=str(tmp_path / "n1"), http_addr=f"127.0.0.1:{port}",
                            heartbeat_ms=20, election_ms=200))
@@ -161,7 +161,7 @@ async def test_torn_bootstrap_is_written_again(tmp_path):
     import os
 
     from raftsql.raft.messages import ConfChange, ConfChangeType, Entry, EntryType
-    from raftsql.raft.storage import Storage
+    from raftsql.storage.log import Storage
 
     data = tmp_path / "n1"
     os.makedirs(data)

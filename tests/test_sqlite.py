@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import apsw
 import pytest
 
-from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import RaftSQLError, StorageError
-from raftsql.sqlite import (
+from raftsql.sql.command import Command, ReadOptions, StatementResult
+from raftsql.sql.database import (
     QUERY_WRITE_ERROR,
     BadStatementError,
     Database,

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from raftsql.errors import StorageError
-from raftsql.raft.memfs import MemoryFileSystem, SimulatedCrash
 from raftsql.raft.messages import (
     ConfState,
     Entry,
@@ -28,7 +27,8 @@ from raftsql.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from raftsql.raft.storage import FileSystem, OSFileSystem, Storage
+from raftsql.storage.log import FileSystem, OSFileSystem, Storage
+from raftsql.storage.memfs import MemoryFileSystem, SimulatedCrash
 
 DIR = "/data/raft"
 LOG = f"{DIR}/log"

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 
 from raftsql.errors import ClusterError, NotLeaderError
-from raftsql.raft.codec import decode_ack, encode_batch, split_frame
 from raftsql.raft.messages import Entry, Message, MessageType, Snapshot, SnapshotMeta
-from raftsql.transport import (
+from raftsql.transport.codec import decode_ack, encode_batch, split_frame
+from raftsql.transport.websocket import (
     CHUNK_SIZE,
     ERROR_HEADER,
     FROM_HEADER,

@@ -41,7 +41,7 @@ import orjson
 from aiohttp import web
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from raftsql.launcher import LocalCluster  # noqa: E402
+from raftsql.cli.launcher import LocalCluster  # noqa: E402
 
 
 class Result:

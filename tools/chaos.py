@@ -22,7 +22,7 @@ import time
 import apsw
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from raftsql.launcher import LocalCluster, http  # noqa: E402
+from raftsql.cli.launcher import LocalCluster, http  # noqa: E402
 
 
 class Writers:

@@ -14,12 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
-from raftsql.http import routes_cluster, routes_db
-from raftsql.http.classify import Classifier
 from raftsql.http.params import ParamError
 from raftsql.http.queue import WriteQueue
 from raftsql.http.respond import VERSION, HttpError, text_error
+from raftsql.http.rqlite import cluster as routes_cluster
+from raftsql.http.rqlite import db as routes_db
 from raftsql.http.state import STATE, ApiState
+from raftsql.sql.classify import Classifier
 
 log = logging.getLogger("raftsql.http")
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from raftsql.http.respond import HttpError
-from raftsql.sqlparams import BadStatementError, validate_statements
+from raftsql.sql.params import BadStatementError, validate_statements
 
 INVALID_JSON = "invalid JSON body"
 NO_STATEMENTS = "no statements"

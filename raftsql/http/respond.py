@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from raftsql import __version__
-from raftsql.http.encode import response_body
+from raftsql.http.rqlite.encode import response_body
 
 VERSION = f"raftsql/{__version__}"
 JSON_TYPE = "application/json; charset=utf-8"

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from raftsql.http.classify import Classifier
+from raftsql.sql.classify import Classifier
 
 if TYPE_CHECKING:
     from raftsql.http.queue import WriteQueue

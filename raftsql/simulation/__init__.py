@@ -1,7 +1,7 @@
 """A deterministic, seeded simulation of whole raftsql clusters, for proving the Raft core safe.
 
 Pure like the core: no I/O, no clock, no threads, no global randomness. Nodes run the
-real core (`raftsql.raft.core`) over the real durable log (`raftsql.raft.storage`) on a
+real core (`raftsql.raft.core`) over the real durable log (`raftsql.storage.log`) on a
 `MemoryFileSystem`, so a crash loses exactly what was not fsynced, torn tails included.
 
 - `checker.py`: the safety properties, checked incrementally after every input.

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from raftsql.raft.core import Config, Raft
-from raftsql.raft.memfs import MemoryFileSystem, SimulatedCrash
 from raftsql.raft.messages import (
     ConfState,
     Entry,
@@ -31,8 +30,9 @@ from raftsql.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
-from raftsql.raft.storage import Storage
 from raftsql.simulation.checker import Checker, SafetyViolation
+from raftsql.storage.log import Storage
+from raftsql.storage.memfs import MemoryFileSystem, SimulatedCrash
 
 MT = MessageType
 RAFT_DIR = "/data/raft"

@@ -39,10 +39,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from raftsql.raft.core import Config
-from raftsql.raft.memfs import SimulatedCrash
 from raftsql.raft.messages import ConfChange, ConfChangeType, ConfState, Message, MessageType, Role
 from raftsql.simulation.checker import SafetyViolation
 from raftsql.simulation.cluster import CRASH_POINTS, Cluster, SimNode
+from raftsql.storage.memfs import SimulatedCrash
 
 MT = MessageType
 DEFAULT_STEPS = 2000

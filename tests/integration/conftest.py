@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from raftsql.launcher import LocalCluster, http
+from raftsql.cli.launcher import LocalCluster, http
 
 
 @pytest.fixture

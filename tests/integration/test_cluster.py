@@ -10,7 +10,7 @@ import time
 import apsw
 import pytest
 
-from raftsql.launcher import RAFT_PORT_OFFSET, LocalCluster, free_ports, http
+from raftsql.cli.launcher import RAFT_PORT_OFFSET, LocalCluster, free_ports, http
 
 from .conftest import eventually, execute, query
 

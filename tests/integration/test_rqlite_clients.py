@@ -14,7 +14,7 @@ import time
 import pytest
 from pyrqlite import dbapi2
 
-from raftsql.launcher import LocalCluster, http
+from raftsql.cli.launcher import LocalCluster, http
 
 from .conftest import eventually, execute, query
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from raftsql.launcher import LocalCluster
+from raftsql.cli.launcher import LocalCluster
 
 from .conftest import execute
 

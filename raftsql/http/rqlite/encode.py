@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from raftsql.command import StatementResult
+from raftsql.sql.command import StatementResult
 
 _TIME_TYPES = frozenset(("date", "datetime", "timestamp"))
 _TEXT_PREFIXES = ("char", "varchar", "varying character", "nchar", "native character", "nvarchar", "clob")

@@ -19,7 +19,6 @@ from aiohttp import web
 from raftsql import __version__
 from raftsql.errors import ClusterError, LeadershipLostError, RaftSQLError
 from raftsql.http import forward
-from raftsql.http.encode import dumps, indent, json_float
 from raftsql.http.params import Params, go_duration_string
 from raftsql.http.respond import (
     LEADER_NOT_FOUND,
@@ -30,6 +29,7 @@ from raftsql.http.respond import (
     read_body,
     text_error,
 )
+from raftsql.http.rqlite.encode import dumps, indent, json_float
 from raftsql.http.state import ApiState, state_of
 
 NODE_CHECK_TIMEOUT = 2.0  # /nodes: how long a peer's /readyz?noleader may take

@@ -61,10 +61,10 @@ from typing import Any
 
 import apsw
 
-from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import RaftSQLError, StorageError
-from raftsql.sqlparams import BadStatementError, disallowed_pragma, is_empty, validate_statements
-from raftsql.sqlsession import (
+from raftsql.sql.command import Command, ReadOptions, StatementResult
+from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
+from raftsql.sql.session import (
     LOCAL_ERRORS,
     OP_MODES,
     QUERY_WRITE_ERROR,

@@ -44,7 +44,8 @@ from aiohttp import WSMsgType, web
 
 from raftsql import errors
 from raftsql.errors import RaftSQLError, TransportError
-from raftsql.raft.codec import (
+from raftsql.raft.messages import Message, MessageType
+from raftsql.transport.codec import (
     CHUNK_OVERHEAD,
     FrameAssembler,
     decode_ack,
@@ -53,7 +54,6 @@ from raftsql.raft.codec import (
     encode_batch,
     split_frame,
 )
-from raftsql.raft.messages import Message, MessageType
 
 log = logging.getLogger("raftsql.transport")
 

@@ -8,11 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from raftsql.command import ReadOptions, StatementResult
 from raftsql.errors import LeadershipLostError, StaleReadError
 from raftsql.http import forward
 from raftsql.http.body import is_text_body, parse_statements
-from raftsql.http.encode import response_body, result_element
 from raftsql.http.params import Params
 from raftsql.http.respond import (
     DISALLOWED_PRAGMA,
@@ -23,8 +21,10 @@ from raftsql.http.respond import (
     request_error,
     text_error,
 )
+from raftsql.http.rqlite.encode import response_body, result_element
 from raftsql.http.state import ApiState, state_of
-from raftsql.sqlparams import disallowed_pragma, is_empty
+from raftsql.sql.command import ReadOptions, StatementResult
+from raftsql.sql.params import disallowed_pragma, is_empty
 
 EXECUTE_TIMEOUT_ERROR = "timeout waiting for commit"
 READ_TIMEOUT_ERROR = "timeout waiting for fsm"

@@ -29,7 +29,7 @@ class _StopRequest:
         self._wake: Callable[[], None] | None = None
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
-        # A launcher may start us with them blocked (raftsql.launcher does): deliver now.
+        # A launcher may start us with them blocked (raftsql.cli.launcher does): deliver now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -156,7 +156,7 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
 
     from raftsql.errors import RaftSQLError
     from raftsql.http.app import make_app
-    from raftsql.node import Node, NodeConfig
+    from raftsql.node.node import Node, NodeConfig
 
     if stop.requested:
         return 0
@@ -212,7 +212,7 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
 def _run_cluster(args: argparse.Namespace, stop: _StopRequest) -> int:
     import time
 
-    from raftsql.launcher import RAFT_PORT_OFFSET, LocalCluster
+    from raftsql.cli.launcher import RAFT_PORT_OFFSET, LocalCluster
 
     http_ports = [args.base_port + i for i in range(args.n)]
     raft_ports = [p + RAFT_PORT_OFFSET for p in http_ports]

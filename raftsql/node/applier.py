@@ -22,7 +22,7 @@ from raftsql.errors import RaftSQLError
 from raftsql.raft.messages import Entry, EntryType, Message, Snapshot, SnapshotMeta
 
 if TYPE_CHECKING:
-    from raftsql.node import Node
+    from raftsql.node.node import Node
 
 # The loop applies a small batch (and runs a query) itself when it takes at most this long;
 # over it, the work is undone and handed to a thread, and for INLINE_BACKOFF seconds all of

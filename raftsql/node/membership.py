@@ -28,7 +28,7 @@ from raftsql.raft.messages import (
 )
 
 if TYPE_CHECKING:
-    from raftsql.node import Node
+    from raftsql.node.node import Node
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ from typing import Any
 
 import apsw
 
-from raftsql.command import ReadOptions, StatementResult
 from raftsql.errors import StorageError
-from raftsql.sqlparams import BadStatementError, NamedParams, decode_statement, is_empty
+from raftsql.sql.command import ReadOptions, StatementResult
+from raftsql.sql.params import BadStatementError, NamedParams, decode_statement, is_empty
 
 QUERY_WRITE_ERROR = "attempt to change database via query operation"
 EXECUTE_TIMEOUT = "execute timeout"  # rqlite's words for a statement past db_timeout

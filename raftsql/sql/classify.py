@@ -14,8 +14,8 @@ from typing import Any
 import apsw
 import apsw.ext
 
-from raftsql.sqlparams import is_empty, statement_sql
-from raftsql.sqlsession import pragma_reads
+from raftsql.sql.params import is_empty, statement_sql
+from raftsql.sql.session import pragma_reads
 
 _READ_KEYWORD = re.compile(r"\s*(?:SELECT|VALUES|EXPLAIN|WITH)\b", re.IGNORECASE)
 _PRAGMA_READ = re.compile(r"\s*PRAGMA\s+[^=]*$", re.IGNORECASE | re.DOTALL)

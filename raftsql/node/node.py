@@ -34,10 +34,11 @@ from typing import Any
 
 from aiohttp import web
 
-from raftsql.applier import Applier, StateMachine
-from raftsql.command import Command, ReadOptions, StatementResult
 from raftsql.errors import ClusterError, LeadershipLostError, NotLeaderError, RaftSQLError
-from raftsql.membership import Member, Membership, member_dict
+from raftsql.node.applier import Applier, StateMachine
+from raftsql.node.membership import Member, Membership, member_dict
+from raftsql.node.reads import Reads
+from raftsql.node.waiting import Deadlines
 from raftsql.raft.core import Config, Raft
 from raftsql.raft.messages import (
     ConfState,
@@ -48,10 +49,9 @@ from raftsql.raft.messages import (
     Ready,
     Role,
 )
-from raftsql.raft.storage import Storage
-from raftsql.reads import Reads
-from raftsql.transport import Transport
-from raftsql.waiting import Deadlines
+from raftsql.sql.command import Command, ReadOptions, StatementResult
+from raftsql.storage.log import Storage
+from raftsql.transport.websocket import Transport
 
 __all__ = ["Member", "Node", "NodeConfig", "StateMachine"]
 
@@ -214,7 +214,7 @@ class Node:
         os.makedirs(self.config.data_dir, exist_ok=True)
         self._storage = await self._in_persist(Storage, os.path.join(self.config.data_dir, "raft"))
         if self._sm is None:
-            from raftsql.sqlite import Database
+            from raftsql.sql.database import Database
 
             self._sm = Database(os.path.join(self.config.data_dir, "db.sqlite"),
                                 fk=self.config.fk, log_end=self._storage.last_index)
@@ -304,7 +304,7 @@ class Node:
         self, statements: list[Any], *, transaction: bool = False, op: str = "execute",
         timeout: float = 30.0, db_timeout: float = 0.0, qualify: bool = False,
     ) -> tuple[list[StatementResult], int]:
-        from raftsql.sqlsession import steps_for
+        from raftsql.sql.session import steps_for
 
         # The proposing leader fixes the entry's time, seed, foreign keys and step limit, so
         # apply is deterministic.

@@ -14,14 +14,14 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from raftsql.applier import INLINE_BACKOFF, INLINE_BUDGET
-from raftsql.command import ReadOptions, StatementResult
 from raftsql.errors import RaftSQLError
+from raftsql.node.applier import INLINE_BACKOFF, INLINE_BUDGET
+from raftsql.node.waiting import Waiters
 from raftsql.raft.messages import ReadState
-from raftsql.waiting import Waiters
+from raftsql.sql.command import ReadOptions, StatementResult
 
 if TYPE_CHECKING:
-    from raftsql.node import Node
+    from raftsql.node.node import Node
 
 _QUERY_THREADS = 4  # read threads (the state machine keeps as many read connections)
 _QUERY_SLICE = 0.002  # seconds a read thread works on a batch before sharing the rest

@@ -1,0 +1,1 @@
+"""rqlite's routes and encodings."""

@@ -1,0 +1,1 @@
+"""The SQLite state machine and the SQL service over it."""
