@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from raftsql.errors import RaftSQLError
-from raftsql.raft.messages import Entry, EntryType, Message, Snapshot, SnapshotMeta
+from raftsql.raft.messages import Entry, EntryType, Snapshot, SnapshotMeta
 
 if TYPE_CHECKING:
     from raftsql.node.node import Node
@@ -293,16 +293,3 @@ class Applier:
         self._sm.restore(path, snapshot.meta.index)
         os.remove(path)
         self.snapshot_index = snapshot.meta.index
-
-    def attach_snapshot(self, m: Message) -> Message:
-        """The transport's hook: put the stored snapshot's data in an outgoing snapshot."""
-        storage = self._node._storage
-        assert storage is not None and m.snapshot is not None
-        stored = storage.load_snapshot()
-        if stored is None:
-            return m
-        return Message(**{**_fields(m), "snapshot": stored})
-
-
-def _fields(m: Message) -> dict[str, Any]:
-    return {name: getattr(m, name) for name in m.__dataclass_fields__}

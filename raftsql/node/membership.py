@@ -24,7 +24,6 @@ from raftsql.raft.messages import (
     ConfState,
     Entry,
     EntryType,
-    HardState,
 )
 
 if TYPE_CHECKING:
@@ -171,44 +170,6 @@ class Membership:
         node._call(run)
         await node._deadlines.add(fut, timeout)
         node._log("membership changed", change=cc.type.name, member=cc.node_id)
-
-    # ---- bootstrap ------------------------------------------------------------------
-
-    def is_fresh(self) -> bool:
-        """No durable term and no snapshot: the bootstrap (or join) never completed. A crash
-        inside the first write can leave some bootstrap entries without the hard state;
-        bootstrapping again replaces them, rather than starting from a partial membership."""
-        s = self._node._storage
-        assert s is not None
-        return s.hard_state.term == 0 and s.snapshot_meta.index == 0 and not s.snapshot_meta.conf.members()
-
-    async def bootstrap(self) -> None:
-        """Write the initial membership as committed entries 1..n of term 1, identical on
-        every initial member (ids sorted), each carrying the member's address, so a node
-        that joins later learns members and addresses from the log like any change."""
-        cfg = self._node.config
-        if cfg.join:
-            return  # a joining node starts with no members and waits for the leader
-        initial = cfg.initial_cluster or {cfg.node_id: cfg.advertised_raft_addr}
-        if cfg.node_id not in initial:
-            raise ClusterError(f"--initial-cluster does not list this node ({cfg.node_id})")
-        # --initial-cluster gives Raft addresses only, and the entries must be the same on
-        # every member: their API URLs are left unknown here (never guessed from the Raft
-        # address) and learned from the members themselves (note_api_url, learn_api_urls).
-        entries = [
-            Entry(1, i, EntryType.CONF_CHANGE, ConfChange(
-                ConfChangeType.ADD_VOTER, node_id, addr_context(addr, "")).encode())
-            for i, (node_id, addr) in enumerate(sorted(initial.items()), 1)
-        ]
-        storage = self._node._storage
-        assert storage is not None
-
-        def write() -> None:
-            storage.append(entries)
-            storage.set_hard_state(HardState(term=1, vote=None, commit=len(entries)))
-            storage.sync()
-
-        await self._node._in_persist(write)
 
     # ---- RPCs and background tasks ------------------------------------------------------
 

@@ -36,21 +36,21 @@ from aiohttp import web
 
 from raftsql.errors import ClusterError, LeadershipLostError, NotLeaderError, RaftSQLError
 from raftsql.node.applier import Applier, StateMachine
-from raftsql.node.membership import Member, Membership, member_dict
+from raftsql.node.membership import Member, Membership, addr_context, member_dict
 from raftsql.node.reads import Reads
 from raftsql.node.waiting import Deadlines
 from raftsql.raft.core import Config, Raft
 from raftsql.raft.messages import (
     ConfState,
     Entry,
-    HardState,
     Message,
     MessageType,
     Ready,
     Role,
 )
+from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.sql.command import Command, ReadOptions, StatementResult
-from raftsql.storage.log import Storage
+from raftsql.storage import Storage, attach_snapshot, write_persist
 from raftsql.transport.websocket import Transport
 
 __all__ = ["Member", "Node", "NodeConfig", "StateMachine"]
@@ -111,7 +111,7 @@ class Node:
         self._calls: list[Callable[[], None]] = []
         self._ticks = 0
         self._persist_submitted = self._persist_finished = 0  # jobs for the persist thread
-        self._unsynced_hard_state: HardState | None = None  # commit moved; written by next sync
+        self._order: ReadyOrder | None = None  # what of a Ready to do when (raft/order.py)
         self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._deadlines = Deadlines()
         self._last_contact: float | None = None
@@ -219,18 +219,20 @@ class Node:
             self._sm = Database(os.path.join(self.config.data_dir, "db.sqlite"),
                                 fk=self.config.fk, log_end=self._storage.last_index)
         hs = self._storage.hard_state
-        self._persisted_vote = (hs.term, hs.vote)
+        self._order = ReadyOrder(hs)
         membership = self._membership
-        fresh = membership.is_fresh()
-        if fresh:
-            await membership.bootstrap()
+        # No durable term and no snapshot: the bootstrap (or join) never completed. A crash
+        # inside the first write can leave a prefix of the bootstrap entries without the
+        # hard state: the core writes them again (docs/design.md §4).
+        fresh = hs.term == 0 and self._storage.snapshot_meta.index == 0
         membership.load()
         await self._applier.recover()
-        self._raft = self._make_raft()
+        self._raft = self._make_raft(fresh and not self.config.join)
+        storage = self._storage
         self._transport = Transport(
             self.node_id, self._deliver, secret=self.config.cluster_secret,
             api_url=self.api_url, on_peer_api=membership.note_api_url,
-            attach_snapshot=self._applier.attach_snapshot,
+            attach_snapshot=lambda m: attach_snapshot(storage, m),
         )
         self._transport.on_rpc("join", membership.on_join)
         self._transport.on_rpc("info", membership.on_info)
@@ -273,8 +275,9 @@ class Node:
         if self._sm is not None:
             self._sm.close()
         if self._storage is not None:
-            if self._unsynced_hard_state is not None and self.failure is None:
-                self._storage.set_hard_state(self._unsynced_hard_state)
+            unsynced = self._order.unsynced if self._order is not None else None
+            if unsynced is not None and self.failure is None:
+                self._storage.set_hard_state(unsynced)
             self._storage.close()
         self._stopped.set()
         self._log("stopped")
@@ -429,71 +432,51 @@ class Node:
             fn()
 
     async def _handle_ready(self, rd: Ready) -> None:
-        if rd.soft_state is not None:
-            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader_id)
-        hs = rd.hard_state
-        vote_changed = hs is not None and (hs.term, hs.vote) != self._persisted_vote
-        must_persist = rd.snapshot is not None or bool(rd.entries) or vote_changed
-        if must_persist:
-            if hs is None:
-                hs = self._unsynced_hard_state
-            self._unsynced_hard_state = None
-        elif hs is not None:
-            # Only the commit index moved: it need not be durable (after a crash it is learned
-            # again, never below what was applied), so it waits for the next fsync.
-            self._unsynced_hard_state = hs
-        # A leader persists on its thread, started first: the appends below wake the
-        # followers, which would otherwise compete with it for the CPU and the disk.
-        persisting = None
-        if must_persist and (self.is_leader or rd.snapshot is not None or self._persisting):
-            persisting = self._submit_persist(self._write_ready, rd, hs)
-        # A leader may send appends while it persists its own copy (Raft thesis §10.2.1), but
-        # only when this Ready does not change its term or vote: those must be durable first.
-        early, late = [], rd.messages
-        if self.is_leader and not vote_changed:
-            early, late = rd.messages, []
-        if early:
-            self._send(early)
-        apply_now = bool(rd.committed_entries) and rd.snapshot is None and self.is_leader
-        if apply_now:
-            # Committed entries were persisted by earlier Readies: the leader applies them
-            # (and answers their clients) while it makes this Ready's entries durable.
-            self._membership.note_conf_entries(rd.committed_entries)
-            self._applier.queue("apply", rd.committed_entries)
-        if must_persist:
-            if persisting is not None:
-                await persisting
+        """Carry out the Ready's effects, in the one order (raftsql/raft/order.py)."""
+        assert self._order is not None
+        writing: asyncio.Future[Any] | None = None
+        for effect in self._order.effects(rd, self._leads(rd)):
+            if isinstance(effect, Send):
+                self._send(effect.messages)
+            elif isinstance(effect, Apply):
+                self._apply(effect)
+            elif isinstance(effect, Persist):
+                writing = self._start_persist(effect)
+            elif isinstance(effect, Synced):
+                if writing is not None:
+                    await writing
+                self._membership.note_conf_entries(effect.persist.entries)
+            elif isinstance(effect, Serve):
+                self._reads.on_read_states(effect.read_states)
             else:
-                # Any other node writes on the loop itself: it can send nothing before the
-                # fsync anyway, and a thread hop costs more than the fsync on a small machine
-                # (docs/performance.md). A snapshot, or a write queued behind a snapshot being
-                # saved, goes through the persist thread, in order.
-                self._write_ready(rd, hs)
-            if hs is not None:
-                self._persisted_vote = (hs.term, hs.vote)
-            self._membership.note_conf_entries(rd.entries)
-        if late:
-            self._send(late)
-        if rd.snapshot is not None:
-            self._applier.queue("restore", rd.snapshot)
-        if rd.committed_entries and not apply_now:
-            # A follower answers first: its leader is waiting for that answer, not for this.
-            self._membership.note_conf_entries(rd.committed_entries)
-            self._applier.queue("apply", rd.committed_entries)
-        self._reads.on_read_states(rd.read_states)
+                self._on_soft_state(effect.soft_state.role, effect.soft_state.leader_id)
 
-    _persisted_vote: tuple[int, str | None] = (0, None)
+    def _leads(self, rd: Ready) -> bool:
+        """Whether this node leads as of `rd` (its soft state, if it has one, is news)."""
+        return (rd.soft_state.role if rd.soft_state is not None else self.role) is Role.LEADER
 
-    def _write_ready(self, rd: Ready, hs: HardState | None) -> None:
-        storage = self._storage
-        assert storage is not None
-        if rd.snapshot is not None:
-            storage.save_snapshot(rd.snapshot)
-        if rd.entries:
-            storage.append(rd.entries)
-        if hs is not None:
-            storage.set_hard_state(hs)
-        storage.sync()
+    def _start_persist(self, persist: Persist) -> asyncio.Future[Any] | None:
+        """A leader writes on its persist thread: the appends it sends meanwhile wake the
+        followers, which would otherwise compete with it for the CPU and the disk. Any other
+        node writes on the loop itself (it can do nothing before the fsync anyway, and a
+        thread hop costs more than the fsync on a small machine: docs/performance.md), except
+        a snapshot, or a write queued behind one, which goes through the thread, in order.
+        None: already durable."""
+        if self.is_leader or persist.snapshot is not None or self._persisting:
+            return self._submit_persist(self._write, persist)
+        self._write(persist)
+        return None
+
+    def _apply(self, apply: Apply) -> None:
+        if apply.snapshot is not None:
+            self._applier.queue("restore", apply.snapshot)
+        if apply.entries:
+            self._membership.note_conf_entries(apply.entries)
+            self._applier.queue("apply", apply.entries)
+
+    def _write(self, persist: Persist) -> None:
+        assert self._storage is not None
+        write_persist(self._storage, persist)
 
     def _send(self, messages: list[Message]) -> None:
         assert self._transport is not None
@@ -545,16 +528,26 @@ class Node:
 
     # ---- recovery -----------------------------------------------------------------
 
-    def _make_raft(self) -> Raft:
+    def _make_raft(self, bootstrap: bool) -> Raft:
+        """The core, from what storage holds; `bootstrap`: as an initial member of a new
+        cluster (its membership entries carry the members' Raft addresses)."""
         storage = self._storage
         assert storage is not None
         ticks = max(2, round(self.config.election_ms / self.config.heartbeat_ms))
         entries = storage.entries()
         self._membership.note_conf_entries(entries)
+        initial, context = None, None
+        if bootstrap:
+            members = self.config.initial_cluster or {self.node_id: self.config.advertised_raft_addr}
+            if self.node_id not in members:
+                raise ClusterError(f"--initial-cluster does not list this node ({self.node_id})")
+            initial = ConfState(voters=tuple(sorted(members)))
+            context = {i: addr_context(addr, "") for i, addr in members.items()}
         return Raft(
             self.node_id, Config(election_ticks=ticks), random.Random(),
             hard_state=storage.hard_state, snapshot=storage.snapshot_meta,
-            entries=entries, applied=self.applied_index,
+            entries=entries, applied=self.applied_index, initial=initial,
+            initial_context=context,
         )
 
     # ---- helpers ------------------------------------------------------------------

@@ -13,7 +13,7 @@ Ongaro's dissertation (§3.10 transfer, §4 membership, §6.4 ReadIndex, §9.6 P
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -72,7 +72,13 @@ class Raft:
         snapshot: SnapshotMeta = _NO_SNAPSHOT,
         entries: Sequence[Entry] = (),
         applied: int | None = None,
+        initial: ConfState | None = None,
+        initial_context: Mapping[NodeId, bytes] | None = None,
     ) -> None:
+        """Recover from durable state (docs/design.md §4). `initial`: the membership of a new
+        cluster this node is an initial member of, used only when the stored state is new
+        (no term, no snapshot); `initial_context` gives the ConfChange context of each of
+        its members' bootstrap entries (the driver puts addresses there)."""
         self._id = node_id
         self._config = config
         self._rng = rng
@@ -94,14 +100,14 @@ class Raft:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads = ReadOnly()
-        if hard_state.term == 0 and snapshot.index == 0 and snapshot.conf.voters:
+        if initial is not None and hard_state.term == 0 and snapshot.index == 0:
             # A new cluster: write its membership as committed entries 1..n of term 1, the
             # same on every initial member, so later joiners learn it from the log. Entries
             # stored with no hard state can only be a torn copy of these (a crash while the
             # first Ready was persisted): read as a log, a prefix would be a smaller cluster
             # that elects itself, so they are written again.
             self._membership = Membership(0, ConfState())
-            self._append(tracker.bootstrap_entries(snapshot.conf))
+            self._append(tracker.bootstrap_entries(initial, initial_context or {}))
             self._term = 1
             self._log.commit_to(self._log.last_index)
         self._become_follower(self._term, None)

@@ -137,13 +137,9 @@ class SoftState:
 
 @dataclass(slots=True)
 class Ready:
-    """Everything the driver must do, in this order, then call `advance(ready)`:
-
-    1. persist `snapshot` (if any), then `entries`, then `hard_state` (if not None), one fsync;
-    2. send `messages` (only after step 1 is durable);
-    3. apply `snapshot` to the state machine, then `committed_entries` in order;
-    4. serve `read_states` once applied reaches their index.
-    """
+    """Everything the driver must do, then call `advance(ready)`: persist `snapshot`,
+    `entries` and `hard_state`, send `messages`, apply `snapshot` then `committed_entries`,
+    serve `read_states`. In which order: `raftsql.raft.order.ReadyOrder` says."""
 
     soft_state: SoftState | None = None
     hard_state: HardState | None = None

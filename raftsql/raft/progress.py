@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from raftsql.raft.messages import ConfChange, ConfChangeType, ConfState, Entry, EntryType, NodeId
@@ -203,11 +203,14 @@ def apply_change(conf: ConfState, cc: ConfChange) -> ConfState | None:
     return ConfState(voters, learners)
 
 
-def bootstrap_entries(conf: ConfState) -> list[Entry]:
+def bootstrap_entries(conf: ConfState, context: Mapping[str, bytes]) -> list[Entry]:
     """A new cluster's membership as entries 1..n of term 1, ids sorted: identical on every
-    initial member, whatever order each was given the list in (as etcd bootstraps)."""
-    changes = [ConfChange(ConfChangeType.ADD_VOTER, v) for v in sorted(conf.voters)]
-    changes += [ConfChange(ConfChangeType.ADD_LEARNER, v) for v in sorted(conf.learners)]
+    initial member, whatever order each was given the list in (as etcd bootstraps).
+    `context`: each member's ConfChange context (the same on every member too)."""
+    changes = [ConfChange(ConfChangeType.ADD_VOTER, v, context.get(v, b""))
+               for v in sorted(conf.voters)]
+    changes += [ConfChange(ConfChangeType.ADD_LEARNER, v, context.get(v, b""))
+                for v in sorted(conf.learners)]
     return [Entry(1, i, EntryType.CONF_CHANGE, cc.encode()) for i, cc in enumerate(changes, 1)]
 
 

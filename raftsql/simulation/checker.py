@@ -23,6 +23,9 @@ Every check is incremental, so it can run after every input of every node:
   lower than what it had fsynced.
 - **Linearizable reads**: a ReadIndex answer is at least the highest index known to be
   committed anywhere when the read started (so no acknowledged write is missed).
+- **Durable before promised**: a node acknowledges an entry (APPEND_RESP) only once its
+  log is fsynced up to it, and grants a vote only once that vote is fsynced: what the
+  others count on survives the node's crash.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from raftsql.raft.core import Raft
-from raftsql.raft.messages import Entry, EntryType, ReadState, Ready, Role, SnapshotMeta
+from raftsql.raft.messages import (
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
 
 Note = Callable[[str], None]
 
@@ -187,6 +199,19 @@ class Checker:
         if last != meta.index:
             raise fail("State Machine Safety", (
                 f"{node_id} restores a snapshot whose data ends at {last}, meta says {meta.index}"))
+
+    def on_send(self, m: Message, synced_last: int, synced_vote: tuple[int, str | None]) -> None:
+        """`m` leaves a node whose fsynced log ends at `synced_last`, with that term and vote."""
+        if m.type is MessageType.APPEND_RESP and not m.reject and m.index > synced_last:
+            raise fail("Durable before promised", (
+                f"{m.frm} acknowledged index {m.index} to {m.to} in term {m.term}, but its"
+                f" log is durable only up to {synced_last}"))
+        # A durable later term is as good: the node can never vote in m.term again.
+        if (m.type is MessageType.VOTE_RESP and not m.reject and synced_vote[0] <= m.term
+                and synced_vote != (m.term, m.to)):
+            raise fail("Durable before promised", (
+                f"{m.frm} granted its vote of term {m.term} to {m.to}, but its durable term"
+                f" and vote are {synced_vote}"))
 
     def on_start(self, node_id: str, raft: Raft, synced_commit: int) -> None:
         """A node (re)started from its storage, which had fsynced `synced_commit`."""

@@ -2,11 +2,14 @@
 
 A `SimNode` is what one server has: a `MemoryFileSystem` holding its durable Raft log
 (the real `Storage`), the core (`Raft`, None while the node is down) and a state machine
-(the list of entries it applied). `Cluster.handle_ready` does what the real driver does
-with a Ready, in the contract's order (docs/design.md §2): persist the snapshot, entries
-and hard state with one `sync()`, send, apply, then `advance()`; it can crash the node at
-any point of that, and a crash loses exactly what was not fsynced (torn tails included).
-How messages travel is up to a subclass (`transmit`); the checker watches everything.
+(the list of entries it applied). `Cluster.handle_ready` carries out a Ready's effects in
+the order the real driver uses, because it takes them from the same code,
+`raftsql.raft.order.ReadyOrder`; it can crash the node at any point of that, and a crash
+loses exactly what was not fsynced (torn tails included). Bootstrap and the attaching of a
+snapshot to a message are the driver's code too (`Raft(initial=...)`,
+`raftsql.storage.attach_snapshot`). How messages travel is up to a subclass (`transmit`);
+the checker watches everything, and also that no message promises what was not durable
+when it went out.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import random
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from raftsql.raft.core import Config, Raft
 from raftsql.raft.messages import (
@@ -30,17 +33,23 @@ from raftsql.raft.messages import (
     Snapshot,
     SnapshotMeta,
 )
+from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.simulation.checker import Checker, SafetyViolation
-from raftsql.storage.log import Storage
-from raftsql.storage.memfs import MemoryFileSystem, SimulatedCrash
+from raftsql.storage import (
+    MemoryFileSystem,
+    SimulatedCrash,
+    Storage,
+    attach_snapshot,
+    write_persist,
+)
 
 MT = MessageType
 RAFT_DIR = "/data/raft"
-# Where a crash may hit while a Ready is handled: before persisting it ("ready": only a
-# leader's early messages went out), in the middle of persisting it ("persist": at a
-# random write, fsync, rename... of it, or just after), once it is durable but before
-# its messages went out ("persisted"), before applying ("sent"), before `advance()`
-# ("applied").
+# Where a crash may hit while a Ready is handled: before it is durable ("ready": only a
+# leader's early messages went out, and its early applies happened), in the middle of
+# persisting it ("persist": at a random write, fsync, rename... of it, or just after), once
+# it is durable but before its messages went out ("persisted"), before applying ("sent"),
+# before `advance()` ("applied"). A point the Ready has no effect for crashes at the next.
 CRASH_POINTS = ("ready", "persist", "persisted", "sent", "applied")
 
 
@@ -53,15 +62,6 @@ def decode_entries(data: bytes) -> list[Entry]:
     return [Entry(t, i, EntryType(k), bytes.fromhex(d)) for i, t, k, d in json.loads(data)]
 
 
-@dataclass(slots=True)
-class Pending:
-    """A Ready taken from the core and not yet advanced (its persistence is under way)."""
-
-    rd: Ready
-    sent: bool  # its messages went out before it was persisted (a leader's, §10.2.1)
-    prev_term: int | None  # the term of the entry before its entries
-
-
 @dataclass(eq=False)
 class SimNode:
     id: str
@@ -71,8 +71,10 @@ class SimNode:
     raft: Raft | None = None  # None while down
     applied: list[Entry] = field(default_factory=list)  # the state machine
     read_states: list[ReadState] = field(default_factory=list)
-    pending: deque[Pending] = field(default_factory=deque)  # Readies taken, not yet advanced
+    order: ReadyOrder | None = None  # the driver's, while up
     synced_commit: int = 0  # the commit index of the hard state last fsynced
+    synced_last: int = 0  # the last index of the log last fsynced
+    synced_vote: tuple[int, str | None] = (0, None)  # the term and vote last fsynced
 
     @property
     def data(self) -> list[bytes]:
@@ -93,7 +95,6 @@ class Cluster:
         self.now = 0  # logical time, in ticks
         self.trace: deque[tuple[int, str, Message | None]] = deque(maxlen=trace)
         self.checker = Checker(self._running, self._durable_term, self.note)
-        self.early_send = False  # leaders send while persisting (dissertation §10.2.1)
 
     def _running(self, node_id: str) -> Raft | None:
         node = self.nodes.get(node_id)
@@ -132,12 +133,13 @@ class Cluster:
                                   f" {storage.last_index}: applied entries were not durable")
         # What a crash kept of a torn write is durable too: record it for Log Matching.
         self.checker.on_persisted(node_id, storage.entries(), meta.term)
-        if node.bootstrap and storage.hard_state.term == 0 and meta.index == 0:
-            meta = SnapshotMeta(0, 0, node.bootstrap)  # a new cluster (docs/design.md §4)
+        node.synced_last = storage.last_index
+        node.synced_vote = (storage.hard_state.term, storage.hard_state.vote)
+        node.order = ReadyOrder(storage.hard_state)
         node.raft = Raft(
             node_id, self.config, random.Random(f"{node_id}/{self.rng.random()}"),
             hard_state=storage.hard_state, snapshot=meta, entries=storage.entries(),
-            applied=node.applied_index,
+            applied=node.applied_index, initial=node.bootstrap,
         )
         self.note(f"{node_id} starts: term={node.raft.term} commit={node.raft.commit_index}"
                   f" last={node.raft.last_index} applied={node.applied_index}")
@@ -149,8 +151,7 @@ class Cluster:
         if node.raft is None:
             return
         node.fs.crash(self.rng)
-        node.raft = node.storage = None
-        node.pending.clear()
+        node.raft = node.storage = node.order = None
         node.applied = node.applied[: self.state_machine_kept(node)]
         self.checker.on_stop(node_id)
         self.note(f"{node_id} crashes")
@@ -209,99 +210,84 @@ class Cluster:
         raise NotImplementedError
 
     def attach_snapshot(self, m: Message) -> Message | None:
-        """The driver sends its latest stored snapshot's data with SNAPSHOT (None: it has
-        none to send)."""
-        if m.type is not MT.SNAPSHOT or (m.snapshot is not None and m.snapshot.data):
-            return m
+        """What the driver's transport does before sending (None: nothing to send)."""
         storage = self.nodes[m.frm].storage
-        stored = None if storage is None else storage.load_snapshot()
-        return None if stored is None else replace(m, snapshot=stored)
+        return None if storage is None else attach_snapshot(storage, m)
 
     def handle_ready(self, node: SimNode, crash_at: str | None = None) -> Ready | None:
-        """One Ready, handled in the contract's order; crash at `crash_at` (one of
-        CRASH_POINTS) if given. Returns the Ready, or None if the node crashed."""
-        pending = self.begin_ready(node)
-        if crash_at == "ready":
-            self.crash(node.id)
-            return None
-        return pending.rd if self.finish_ready(node, pending, crash_at) else None
-
-    def begin_ready(self, node: SimNode) -> Pending:
-        """Take a Ready. A leader whose term and vote are durable already sends (§10.2.1:
-        it counts its own copy only once `advance()`d); the rest waits for `finish_ready`.
-        Until then the node may take more input (and, pipelining, one more Ready)."""
-        raft = node.raft
-        assert raft is not None and node.storage is not None
+        """Take a Ready and carry out its effects in the driver's order, then `advance()`;
+        crash at `crash_at` (one of CRASH_POINTS) if given. Returns the Ready, or None if
+        the node crashed."""
+        raft, order = node.raft, node.order
+        assert raft is not None and order is not None
         self.checker.observe(node.id, raft)
         rd = raft.ready()
         prev_term = self.checker.on_ready(node.id, raft, rd)
-        durable = node.storage.hard_state
-        early = self.early_send and raft.role is Role.LEADER and (
-            (raft.term, raft.vote) == (durable.term, durable.vote))
-        if early:
-            self.transmit(node, rd.messages)
-        pending = Pending(rd, early, prev_term)
-        node.pending.append(pending)
-        return pending
-
-    def finish_ready(self, node: SimNode, pending: Pending, crash_at: str | None = None) -> bool:
-        """Persist, send, apply and advance the oldest Ready taken (`pending`). False if
-        the node crashed (at `crash_at`)."""
-        raft = node.raft
-        assert raft is not None and node.pending[0] is pending
-        rd = pending.rd
-        if not self._persist(node, rd, crash_at == "persist") or crash_at == "persisted":
-            self.crash(node.id)
-            return False
-        node.pending.popleft()
-        self.checker.on_persisted(node.id, rd.entries, pending.prev_term)
-        if not pending.sent:
-            self.transmit(node, rd.messages)
-        if crash_at == "sent":
-            self.crash(node.id)
-            return False
-        self._apply(node, rd)
-        if crash_at == "applied":
-            self.crash(node.id)
-            return False
+        point = crash_at
+        for effect in order.effects(rd, raft.role is Role.LEADER):
+            if isinstance(effect, Synced):
+                if point == "ready" or not self._sync(node, effect.persist, point == "persist"):
+                    return self._crash_in_ready(node)
+                self.checker.on_persisted(node.id, effect.persist.entries, prev_term)
+                if point == "persisted":
+                    return self._crash_in_ready(node)
+                point = {"ready": None, "persist": None}.get(point, point)
+            elif isinstance(effect, Send):
+                self._send(node, effect.messages)
+            elif isinstance(effect, Apply | Serve):
+                if point in ("ready", "persist", "persisted", "sent"):
+                    return self._crash_in_ready(node)  # this Ready persisted nothing
+                self._apply(node, effect)
+        if point is not None:
+            return self._crash_in_ready(node)
         raft.advance(rd)
-        if not node.pending and raft.snapshot_meta.index <= raft.applied:
+        if raft.snapshot_meta.index <= raft.applied:
             raft._log.check()  # the log's cursors, unless a snapshot is still being installed
         self.checker.observe(node.id, raft)
-        return True
+        return rd
 
-    def _persist(self, node: SimNode, rd: Ready, crash: bool) -> bool:
-        """Step 1: snapshot, entries and hard state with one fsync. False: crashed."""
+    def _crash_in_ready(self, node: SimNode) -> None:
+        self.crash(node.id)
+        return None
+
+    def _sync(self, node: SimNode, persist: Persist, crash: bool) -> bool:
+        """Write the Persist with one fsync, as the driver does. False: crashed (at one of
+        the file system's operations, or just after the last)."""
         storage = node.storage
         assert storage is not None
-        if crash:  # fail at one of the file system operations (or just after the last)
+        if crash:
             node.fs.crash_after(self.rng.randrange(12))
         try:
-            if rd.snapshot is not None:
-                storage.save_snapshot(rd.snapshot)
-            if rd.entries:
-                storage.append(rd.entries)
-            if rd.hard_state is not None:
-                storage.set_hard_state(rd.hard_state)
-            storage.sync()
+            write_persist(storage, persist)
         except SimulatedCrash:
             self.note(f"{node.id} crashes while persisting")
             return False
+        if crash:
+            return False
         node.synced_commit = storage.hard_state.commit
-        return not crash
+        node.synced_last = storage.last_index
+        node.synced_vote = (storage.hard_state.term, storage.hard_state.vote)
+        return True
 
-    def _apply(self, node: SimNode, rd: Ready) -> None:
-        """Step 3 (and 4): restore the snapshot, apply committed entries, serve reads."""
-        if rd.snapshot is not None:
-            entries = decode_entries(rd.snapshot.data)
-            self.checker.on_restore(node.id, rd.snapshot.meta, entries)
+    def _send(self, node: SimNode, messages: list[Message]) -> None:
+        for m in messages:
+            self.checker.on_send(m, node.synced_last, node.synced_vote)
+        self.transmit(node, messages)
+
+    def _apply(self, node: SimNode, effect: Apply | Serve) -> None:
+        """Restore the snapshot, apply committed entries; serve reads."""
+        if isinstance(effect, Serve):
+            for rs in effect.read_states:
+                self.checker.read_answered(node.id, rs)
+                node.read_states.append(rs)
+            return
+        if effect.snapshot is not None:
+            entries = decode_entries(effect.snapshot.data)
+            self.checker.on_restore(node.id, effect.snapshot.meta, entries)
             node.applied = entries
-        if rd.committed_entries:
-            self.checker.on_apply(node.id, node.applied_index, rd.committed_entries)
-            node.applied.extend(rd.committed_entries)
-        for rs in rd.read_states:
-            self.checker.read_answered(node.id, rs)
-            node.read_states.append(rs)
+        if effect.entries:
+            self.checker.on_apply(node.id, node.applied_index, effect.entries)
+            node.applied.extend(effect.entries)
 
     # ---- full checks -------------------------------------------------------------
 

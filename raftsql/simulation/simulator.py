@@ -16,11 +16,8 @@ membership changes may add), with a core configuration drawn from the seed, and 
   duplicating, reordering and slow the network is. Faults come in storms. A crashed
   node restarts within four election timeouts, a partition heals within six.
 
-Each seed also draws how its driver runs: whether a leader sends before persisting
-(§10.2.1), whether input is stepped while a Ready is persisted, and whether a second
-Ready may be taken before the first is advanced (the contract allows all three).
-
-Every Ready is handled as the real driver does (`Cluster.handle_ready`); after every
+Every Ready is handled as the real driver handles it, in the order of the driver's own
+code (`raftsql.raft.order`, run by `Cluster.handle_ready`); after every
 input the checker (`checker.py`) verifies the safety properties. Then the faults heal
 (network repaired, every node up) and the run must show **liveness**: within
 `LIVENESS_TIMEOUTS` election timeouts a leader is elected and a new proposal is applied
@@ -123,9 +120,6 @@ class Simulation(Cluster):
         rng = random.Random(seed)
         self.size = nodes or rng.randint(3, 7)
         super().__init__(random_config(rng), rng, trace=trace)
-        self.early_send = rng.random() < 0.5
-        self.async_persist = rng.random() < 0.5  # input is stepped while a Ready persists
-        self.pipeline = rng.choice([1, 2])  # Readies under way at once
         self.stats = Stats(seeds=1)
         self.flight: list[tuple[int, int, Message]] = []  # a heap of (due time, sequence, message)
         self.sent = 0
@@ -142,9 +136,7 @@ class Simulation(Cluster):
         members = ids[: self.size]
         learners = members[-1:] if self.size > 3 and rng.random() < 0.3 else []
         conf = ConfState(tuple(n for n in members if n not in learners), tuple(learners))
-        self.note(f"seed {seed}: {self.config}, voters={conf.voters} learners={conf.learners}"
-                  f" early_send={self.early_send} async_persist={self.async_persist}"
-                  f" pipeline={self.pipeline}")
+        self.note(f"seed {seed}: {self.config}, voters={conf.voters} learners={conf.learners}")
         for node_id in ids:
             self.add_node(node_id, conf if node_id in members else None)
 
@@ -233,41 +225,25 @@ class Simulation(Cluster):
             self.flush(node)
 
     def ready(self, node: SimNode) -> None:
-        """The node's driver moves on: it finishes persisting the oldest Ready it took, or
-        takes a new one (while one is still being persisted, if pipelining)."""
+        """The node's driver handles its next Ready, if it has one (crashing at the point its
+        doom says, if it is doomed)."""
         raft = node.raft
-        if raft is None:
+        if raft is None or not raft.has_ready():
             return
-        if node.pending and (len(node.pending) >= self.pipeline or not raft.has_ready()
-                             or self.rng.random() < 0.5):
-            self.finish(node)
-        elif raft.has_ready():
-            if self.leader_doom is not None and raft.role is Role.LEADER:
-                self.leader_doom -= 1
-                if self.leader_doom == 0 and node.id not in self.doomed:
-                    self.leader_doom = None
-                    self.doomed[node.id] = self.rng.choice(CRASH_POINTS)
-            self.begin_ready(node)
-            if self.doomed.get(node.id) == "ready":
-                del self.doomed[node.id]
-                self.fault("crash in Ready (ready)")
-                self.crash(node.id)
-            elif not self.async_persist or self.rng.random() < 0.5:
-                self.finish(node)
-
-    def finish(self, node: SimNode) -> None:
+        if self.leader_doom is not None and raft.role is Role.LEADER:
+            self.leader_doom -= 1
+            if self.leader_doom == 0 and node.id not in self.doomed:
+                self.leader_doom = None
+                self.doomed[node.id] = self.rng.choice(CRASH_POINTS)
         point = self.doomed.pop(node.id, None)
         if point is not None:
             self.fault(f"crash in Ready ({point})")
-        self.finish_ready(node, node.pending[0], point)
+        self.handle_ready(node, point)
 
     def flush(self, node: SimNode) -> None:
-        """Finish every Ready under way, and handle the next one."""
-        while node.raft is not None and node.pending:
-            self.finish(node)
-        self.ready(node)
-        while node.raft is not None and node.pending:
-            self.finish(node)
+        """Handle every Ready the node has."""
+        while node.raft is not None and node.raft.has_ready():
+            self.ready(node)
 
     def settle(self) -> None:
         """Readies and due messages, in order, until none is left."""
@@ -491,8 +467,8 @@ class Simulation(Cluster):
         raft = node.raft
         assert raft is not None
         first = raft.snapshot_meta.index
-        if raft.applied <= first or node.pending:
-            return  # the driver saves snapshots between Readies
+        if raft.applied <= first:
+            return
         index = raft.applied if self.rng.random() < 0.7 else self.rng.randint(first + 1, raft.applied)
         self.fault("snapshot")
         if self.rng.random() < 0.1:  # power cut while the snapshot is written

@@ -192,7 +192,7 @@ class Transport:
         secret: str | None = None,
         api_url: str | None = None,
         on_peer_api: Callable[[str, str], None] | None = None,
-        attach_snapshot: Callable[[Message], Message] | None = None,
+        attach_snapshot: Callable[[Message], Message | None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_queue: int = 256,
         ack_delay: float = 0.02,
@@ -481,11 +481,14 @@ class Transport:
         for m in batch:
             if m.type is _SNAPSHOT:
                 try:
-                    m = attach(m)
+                    attached = attach(m)
                 except Exception:
                     log.exception("node=%s cannot attach snapshot for peer=%s; dropped",
                                   self.node_id, m.to)
                     continue
+                if attached is None:
+                    continue  # nothing to send yet: the leader sends it again later
+                m = attached
             out.append(m)
         return out
 

@@ -13,7 +13,6 @@ from raftsql.raft.messages import (
     Message,
     MessageType,
     Role,
-    SnapshotMeta,
 )
 from tests.raft.harness import Network
 
@@ -79,14 +78,14 @@ def test_randomized_election_timeout_in_range() -> None:
     cfg = Config(election_ticks=10)
     seen = set()
     for seed in range(200):
-        r = Raft("a", cfg, random.Random(seed), snapshot=SnapshotMeta(0, 0, ConfState(ABC)))
+        r = Raft("a", cfg, random.Random(seed), initial=ConfState(ABC))
         seen.add(r.randomized_election_timeout)
     assert seen == set(range(10, 20))
 
 
 def test_follower_campaigns_after_its_election_timeout() -> None:
     """§5.2: a follower that hears nothing for an election timeout starts an election."""
-    r = Raft("a", Config(pre_vote=False), random.Random(1), snapshot=SnapshotMeta(0, 0, ConfState(ABC)))
+    r = Raft("a", Config(pre_vote=False), random.Random(1), initial=ConfState(ABC))
     timeout = r.randomized_election_timeout
     for _ in range(timeout - 1):
         r.tick()

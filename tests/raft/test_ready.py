@@ -12,9 +12,9 @@ from raftsql.raft.messages import (
     Message,
     MessageType,
     Role,
-    SnapshotMeta,
     SoftState,
 )
+from raftsql.raft.progress import bootstrap_entries
 from tests.raft.harness import Network
 
 MT = MessageType
@@ -22,7 +22,7 @@ ABC = ("a", "b", "c")
 
 
 def new(node_id: str = "a", voters: tuple[str, ...] = ABC, **kw: object) -> Raft:
-    return Raft(node_id, Config(), random.Random(1), snapshot=SnapshotMeta(0, 0, ConfState(voters)), **kw)  # type: ignore[arg-type]
+    return Raft(node_id, Config(), random.Random(1), initial=ConfState(voters), **kw)  # type: ignore[arg-type]
 
 
 def test_bootstrap_ready_persists_the_membership_entries() -> None:
@@ -119,7 +119,7 @@ def test_vote_is_persisted_with_its_answer() -> None:
 
 def test_restart_re_emits_committed_entries_after_applied() -> None:
     hs = HardState(2, "a", 5)
-    log = [Entry(1, i) for i in (1, 2, 3)] + [Entry(2, 4), Entry(2, 5, data=b"x")]
+    log = bootstrap_entries(ConfState(ABC), {}) + [Entry(2, 4), Entry(2, 5, data=b"x")]
     r = new(hard_state=hs, entries=log, applied=3)
     rd = r.ready()
     assert rd.entries == [] and rd.hard_state is None

@@ -251,7 +251,9 @@ def test_persistence_across_a_crash_of_every_node() -> None:
         term, vote, log = before[n]
         r = net.raft(n)
         assert (r.term, r.vote) == (term, vote) and net.log(n)[: len(log)] == log
-        assert r.commit_index >= committed
+        # Every committed entry is still there; the commit index itself is learned again
+        # (a Ready that only moves it is not fsynced).
+        assert r.last_index >= committed
     commit_everywhere(net, b"after")
     assert all(net.nodes[n].data[:10] == [b"%d" % i for i in range(10)] for n in ABC)
     net.check_logs()
