@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from raftsql.errors import ClusterError, NotLeaderError
+from raftsql.http import make_app
 from raftsql.sql.command import Command, ReadOptions, StatementResult
 from raftsql.sql.database import Database
-from raftsql.sql.session import steps_for
+from raftsql.sql.service import SqlService
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ class FakeNode:
         self.fail_barrier: BaseException | None = None
         self.execute_delay = 0.0
         self.calls: list[tuple[str, Any]] = []
-        self.removed: list[str] = []
+        self.removed_ids: list[str] = []
         self.transfers: list[str | None] = []
 
     # ---- state --------------------------------------------------------------------
@@ -106,31 +108,27 @@ class FakeNode:
 
     # ---- requests -----------------------------------------------------------------
 
-    async def execute(self, statements: list[Any], *, transaction: bool = False, op: str = "execute",
-                      timeout: float = 30.0, db_timeout: float = 0.0, qualify: bool = False,
-                      ) -> tuple[list[StatementResult], int]:
-        self.calls.append((op, statements))
+    async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]:
+        """Apply the command at once, as a one-node cluster would once it committed."""
+        command = Command.decode(data)
+        self.calls.append((str(command.op), command.statements))
         self._injected("fail_execute")
         if not self.is_leader:
             raise self._not_leader()
         if self.execute_delay:
             await asyncio.sleep(self.execute_delay)
         self.raft_index += 1
-        command = Command.new(op, statements, transaction, fk=self.fk,
-                              max_steps=steps_for(db_timeout), qualify=qualify)
-        results = self.database.apply([(self.raft_index, command.encode())])[0]
-        return results, self.raft_index
+        return self.database.apply([(self.raft_index, data)])[0], self.raft_index
 
-    async def read_barrier(self, level: str, timeout: float = 10.0) -> None:
-        self.calls.append(("barrier:" + level, None))
+    async def read_barrier(self, linearizable: bool, timeout: float = 10.0) -> None:
+        self.calls.append(("barrier:" + ("linearizable" if linearizable else "weak"), None))
         self._injected("fail_barrier")
         if not self.is_leader:
             raise self._not_leader()
 
-    async def query(self, statements: list[Any], options: ReadOptions | None = None
-                    ) -> list[StatementResult]:
+    async def query(self, statements: list[Any], options: ReadOptions) -> list[StatementResult]:
         self.calls.append(("local-query", statements))
-        return self.database.query(statements, options or ReadOptions())
+        return self.database.query(statements, options)
 
     async def snapshot(self) -> bool:
         self.calls.append(("snapshot", None))
@@ -142,14 +140,14 @@ class FakeNode:
             raise self._not_leader()
         if node_id not in {m.id for m in self.members()}:
             raise ClusterError(f"node {node_id} is not a member of the cluster")
-        self.removed.append(node_id)
+        self.removed_ids.append(node_id)
         self.peers = [m for m in self.peers if m.id != node_id]
 
     async def transfer_leadership(self, target: str | None = None, timeout: float = 5.0) -> None:
         if not self.is_leader:
             raise self._not_leader()
         if not self.peers:
-            raise ClusterError("leadership transfer refused")
+            raise ClusterError("leadership transfer refused", 503)
         self.transfers.append(target)
 
     def close(self) -> None:
@@ -172,6 +170,11 @@ class FakeFollower(FakeNode):
         if self.leader is not None:
             mine.append(Member(self.leader.node_id, self.leader.api_url, self.leader.raft_addr, True))
         return sorted(mine + self.peers, key=lambda m: m.id)
+
+
+def fake_app(node: FakeNode, **options: Any) -> web.Application:
+    """The real API, over a fake node and the real SQL service on its database."""
+    return make_app(node, SqlService(node, node.database, fk=node.fk), **options)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from raftsql.cli.launcher import free_ports
-from raftsql.node.node import Node, NodeConfig
+from raftsql.node import Node, NodeConfig
+from raftsql.server import Server, ServerConfig
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
@@ -29,3 +30,18 @@ async def start_nodes(tmp_path, n: int = 3, *, heartbeat_ms: int, election_ms: i
     for node in nodes:
         await node.start()
     return nodes
+
+
+async def start_servers(tmp_path, n: int = 3, *, heartbeat_ms: int, election_ms: int
+                        ) -> list[Server]:
+    """Start `n` SQL servers (node, SQL service, HTTP API) of a new cluster."""
+    initial = {f"n{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(free_ports(n))}
+    servers = [
+        Server(ServerConfig(NodeConfig(node_id=node_id, data_dir=str(tmp_path / node_id),
+                                       http_addr=addr, initial_cluster=initial,
+                                       heartbeat_ms=heartbeat_ms, election_ms=election_ms)))
+        for node_id, addr in initial.items()
+    ]
+    for server in servers:
+        await server.start()
+    return servers

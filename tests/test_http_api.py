@@ -13,16 +13,15 @@ from typing import Any
 import orjson
 import pytest
 
-from raftsql.errors import LeadershipLostError
-from raftsql.http import make_app
-from tests.fakes import FakeNode
+from raftsql.errors import LeadershipLostError, RequestTimeoutError
+from tests.fakes import FakeNode, fake_app
 
 JSON = "application/json"
 
 
 @pytest.fixture
 async def client(node, aiohttp_client):
-    return await aiohttp_client(make_app(node))
+    return await aiohttp_client(fake_app(node))
 
 
 async def call(client, method: str, path: str, body: Any = None, content_type: str | None = JSON):
@@ -387,11 +386,11 @@ async def test_leadership_lost_and_timeouts_are_503_never_200(client, node) -> N
     assert (status, body) == (503, b'{"results":[],"error":"leadership lost while committing '
                                    b'log; the request may have been applied"}')
     assert headers["Retry-After"] == "1"
-    node.fail_execute = TimeoutError()
+    node.fail_execute = RequestTimeoutError()
     status, _, body = await call(client, "POST", "/db/execute", ["CREATE TABLE ll(x)"])
     assert (status, json.loads(body)["error"]) == (
         503, "timeout waiting for commit; the request may have been applied")
-    node.fail_barrier = TimeoutError()
+    node.fail_barrier = RequestTimeoutError()
     status, _, body = await call(client, "GET", "/db/query?q=SELECT+1")
     assert (status, body) == (503, b'{"results":[],"error":"timeout waiting for fsm"}')
     node.fail_barrier = LeadershipLostError()
@@ -450,7 +449,7 @@ async def test_bad_requests(client, node, method, path, body, status, expected) 
 
 
 async def test_oversize_body_is_413(node, aiohttp_client) -> None:
-    client = await aiohttp_client(make_app(node, max_body_bytes=1000))
+    client = await aiohttp_client(fake_app(node, max_body_bytes=1000))
     await setup_foo(client)
     before = db_state(node)
     big = orjson.dumps([f"INSERT INTO foo(name) VALUES('{'x' * 2000}')"])
@@ -496,7 +495,7 @@ async def test_failures_close_the_connection(client) -> None:
 
 
 async def test_allow_origin(node, aiohttp_client) -> None:
-    client = await aiohttp_client(make_app(node, allow_origin="https://example.com"))
+    client = await aiohttp_client(fake_app(node, allow_origin="https://example.com"))
     resp = await client.get("/db/query?q=SELECT+1")
     assert resp.headers["Access-Control-Allow-Origin"] == "https://example.com"
 

@@ -17,9 +17,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from raftsql.http import make_app
 from raftsql.http.forward import FORWARDED_HEADER, NOT_LEADER_HEADER
-from tests.fakes import FakeFollower, FakeNode, Member
+from tests.fakes import FakeFollower, FakeNode, Member, fake_app
 
 JSON = "application/json"
 
@@ -47,10 +46,10 @@ class Cluster:
 async def cluster(tmp_path, aiohttp_server, aiohttp_client):
     c = Cluster()
     c.leader = FakeNode(tmp_path, "n1", raft_addr="10.0.0.1:4002")
-    lserver = await aiohttp_server(make_app(c.leader))
+    lserver = await aiohttp_server(fake_app(c.leader))
     c.leader.api_url = url_of(lserver)
     c.follower = FakeFollower(tmp_path, c.leader, "n2", raft_addr="10.0.0.2:4002")
-    fserver = await aiohttp_server(make_app(c.follower))
+    fserver = await aiohttp_server(fake_app(c.follower))
     c.follower.api_url = url_of(fserver)
     c.leader.peers = [Member("n2", c.follower.api_url, c.follower.raft_addr)]
     c.lc = await aiohttp_client(lserver)
@@ -112,7 +111,7 @@ async def test_forwarded_requests_keep_their_bytes(tmp_path, aiohttp_server, aio
     eserver = await aiohttp_server(echo)
     leader = FakeNode(tmp_path, "n1", api_url=url_of(eserver))
     follower = FakeFollower(tmp_path, leader, "n2")
-    fc = await aiohttp_client(make_app(follower))
+    fc = await aiohttp_client(fake_app(follower))
     body = b'[ "INSERT INTO t VALUES(1)" ,\n ["INSERT INTO t VALUES(?)", 1.50, "\\u00e9"]]'
     status, headers, got = await call(fc, "POST", "/db/execute?transaction&timings=false&q=a%20b+c",
                                       body, headers={"Authorization": "Basic dTpw"})
@@ -146,7 +145,7 @@ async def test_redirect(cluster: Cluster) -> None:
 
 async def test_no_leader_is_503_once_the_timeout_ends(tmp_path, aiohttp_client) -> None:
     orphan = FakeFollower(tmp_path, None, "n3")
-    client = await aiohttp_client(make_app(orphan))
+    client = await aiohttp_client(fake_app(orphan))
     for method, path, body in [
         ("POST", "/db/execute", ["CREATE TABLE x(y)"]), ("POST", "/db/execute?redirect", ["CREATE TABLE x(y)"]),
         ("GET", "/db/query?q=SELECT+1", None), ("GET", "/db/query?level=weak&q=SELECT+1", None),
@@ -199,9 +198,9 @@ async def test_forwarding_rides_through_a_leader_change(tmp_path, aiohttp_server
     The follower waits for the next leader and forwards the write there, exactly once."""
     dead = FakeNode(tmp_path, "n1", api_url=dead_url())
     new = FakeNode(tmp_path, "n3")
-    new.api_url = url_of(await aiohttp_server(make_app(new)))
+    new.api_url = url_of(await aiohttp_server(fake_app(new)))
     follower = FakeFollower(tmp_path, dead, "n2")
-    client = await aiohttp_client(make_app(follower))
+    client = await aiohttp_client(fake_app(follower))
 
     async def elected() -> None:
         await asyncio.sleep(0.5)
@@ -228,11 +227,11 @@ async def test_a_node_that_lost_leadership_sends_the_request_on(tmp_path, aiohtt
     """The node named as leader answers a forwarded request 'not leader, not applied': the
     follower goes on to whoever leads next."""
     leader = FakeNode(tmp_path, "n1")
-    leader.api_url = url_of(await aiohttp_server(make_app(leader)))
+    leader.api_url = url_of(await aiohttp_server(fake_app(leader)))
     stale = FakeFollower(tmp_path, leader, "n3")  # it no longer leads; it follows n1
-    stale.api_url = url_of(await aiohttp_server(make_app(stale)))
+    stale.api_url = url_of(await aiohttp_server(fake_app(stale)))
     follower = FakeFollower(tmp_path, stale, "n2")  # still believes n3 leads
-    client = await aiohttp_client(make_app(follower))
+    client = await aiohttp_client(fake_app(follower))
 
     async def learns() -> None:
         await asyncio.sleep(0.3)
@@ -265,7 +264,7 @@ async def test_a_write_that_may_have_been_delivered_is_never_sent_again(tmp_path
     server, url, seen = await _hang_up_server()
     leader = FakeNode(tmp_path, "n1", api_url=url)
     follower = FakeFollower(tmp_path, leader, "n2")
-    client = await aiohttp_client(make_app(follower))
+    client = await aiohttp_client(fake_app(follower))
     status, _, body = await call(client, "POST", "/db/execute?timeout=5s", ["CREATE TABLE m(x)"])
     d = json.loads(body)
     assert status == 503 and d["error"].startswith("forwarding to leader n1: ")
@@ -403,7 +402,7 @@ async def test_readyz(cluster: Cluster, tmp_path, aiohttp_client) -> None:
     assert (await call(cluster.lc, "GET", "/readyz?sync"))[:3:2] == (
         200, b"[+]node ok\n[+]leader ok\n[+]store ok\n[+]sync ok")
     orphan = FakeFollower(tmp_path, None, "n5")
-    client = await aiohttp_client(make_app(orphan))
+    client = await aiohttp_client(fake_app(orphan))
     assert (await call(client, "GET", "/readyz"))[::2] == (503, b"[+]node ok\n[+]leader does not exist")
     assert (await call(client, "GET", "/readyz?noleader"))[::2] == (200, b"[+]node ok")
     cluster.leader.ready = False
@@ -443,7 +442,7 @@ async def test_remove_body_must_be_exactly_an_id(cluster: Cluster, body: bytes) 
     status, headers, got = await call(cluster.lc, "DELETE", "/remove", body)
     assert status == 400 and got.endswith(b"\n") and got.count(b"\n") == 1
     assert headers["Content-Type"] == "text/plain; charset=utf-8"
-    assert cluster.leader.removed == []
+    assert cluster.leader.removed_ids == []
 
 
 async def test_remove(cluster: Cluster) -> None:
@@ -451,7 +450,7 @@ async def test_remove(cluster: Cluster) -> None:
     status, headers, body = await call(cluster.fc, "DELETE", "/remove", {"id": "n3"})  # forwarded
     assert (status, body) == (200, b"")
     assert headers["X-RQLITE-SERVED-BY"] == "10.0.0.1:4002"
-    assert cluster.leader.removed == ["n3"]
+    assert cluster.leader.removed_ids == ["n3"]
     status, _, body = await call(cluster.lc, "DELETE", "/remove", {"id": "n9"})
     assert (status, body) == (400, b"node n9 is not a member of the cluster\n")
     assert (await call(cluster.lc, "POST", "/remove", {"id": "n2"}))[::2] == (405, b"")

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raftsql.http.rqlite.encode import (
+    Kind,
     TimeRangeError,
     convert_rows,
     dumps,
@@ -127,7 +128,7 @@ def test_time_int_out_of_range_fails_the_statement() -> None:
     with pytest.raises(TimeRangeError):
         time_int(999_999_999_999)  # seconds: year 33658
     r = StatementResult(columns=["t"], decltypes=["DATETIME"], rows=[(999_999_999_999,)])
-    assert result_element(r, kind="query") == {"error": "Time.MarshalText: year outside of range [0,9999]"}
+    assert result_element(r, kind=Kind.QUERY) == {"error": "Time.MarshalText: year outside of range [0,9999]"}
 
 
 def test_time_columns_match_declared_type_exactly() -> None:
@@ -188,58 +189,58 @@ def test_no_rows_leaves_undeclared_types_empty() -> None:
 
 
 def test_write_element_omits_zero_values() -> None:
-    assert result_element(StatementResult(), kind="execute") == {}
+    assert result_element(StatementResult(), kind=Kind.EXECUTE) == {}
     r = StatementResult(last_insert_id=3, rows_affected=1, time=0.5)
-    assert enc(result_element(r, kind="execute")) == '{"last_insert_id":3,"rows_affected":1}'
-    assert enc(result_element(r, kind="execute", timings=True)) == \
+    assert enc(result_element(r, kind=Kind.EXECUTE)) == '{"last_insert_id":3,"rows_affected":1}'
+    assert enc(result_element(r, kind=Kind.EXECUTE, timings=True)) == \
         '{"last_insert_id":3,"rows_affected":1,"time":0.5}'
     e = StatementResult(error="no such table: x")
-    assert result_element(e, kind="execute") == {"error": "no such table: x"}
+    assert result_element(e, kind=Kind.EXECUTE) == {"error": "no such table: x"}
 
 
 def test_rows_element_key_order_and_omissions() -> None:
     r = StatementResult(columns=["id", "name"], decltypes=["INTEGER", "TEXT"], rows=[(1, "a")], time=0.25)
-    assert enc(result_element(r, kind="query", timings=True)) == \
+    assert enc(result_element(r, kind=Kind.QUERY, timings=True)) == \
         '{"columns":["id","name"],"types":["integer","text"],"values":[[1,"a"]],"time":0.25}'
     empty = StatementResult(columns=["id"], decltypes=["INTEGER"], rows=[])
-    assert enc(result_element(empty, kind="query")) == '{"columns":["id"],"types":["integer"]}'
-    assert enc(result_element(StatementResult(error="boom"), kind="query")) == '{"error":"boom"}'
+    assert enc(result_element(empty, kind=Kind.QUERY)) == '{"columns":["id"],"types":["integer"]}'
+    assert enc(result_element(StatementResult(error="boom"), kind=Kind.QUERY)) == '{"error":"boom"}'
     # a statement without columns read through /db/query: nothing to say
-    assert result_element(StatementResult(last_insert_id=5), kind="query") == {}
+    assert result_element(StatementResult(last_insert_id=5), kind=Kind.QUERY) == {}
 
 
 def test_returning_on_execute_is_a_rows_element() -> None:
     r = StatementResult(columns=["id"], decltypes=["INTEGER"], rows=[(9,)])
-    assert result_element(r, kind="execute") == {"columns": ["id"], "types": ["integer"], "values": [[9]]}
+    assert result_element(r, kind=Kind.EXECUTE) == {"columns": ["id"], "types": ["integer"], "values": [[9]]}
 
 
 def test_associative_elements() -> None:
     r = StatementResult(columns=["name", "id"], decltypes=["TEXT", "INTEGER"], rows=[("a", 1)])
     # Go marshals maps with sorted keys
-    assert enc(result_element(r, kind="query", associative=True)) == \
+    assert enc(result_element(r, kind=Kind.QUERY, associative=True)) == \
         '{"types":{"id":"integer","name":"text"},"rows":[{"id":1,"name":"a"}]}'
     empty = StatementResult(columns=["id"], decltypes=["INTEGER"], rows=[])
-    assert enc(result_element(empty, kind="execute", associative=True)) == '{"types":{"id":"integer"},"rows":[]}'
+    assert enc(result_element(empty, kind=Kind.EXECUTE, associative=True)) == '{"types":{"id":"integer"},"rows":[]}'
     err = StatementResult(error="no such table: bar")
-    assert enc(result_element(err, kind="query", associative=True)) == '{"rows":[],"error":"no such table: bar"}'
+    assert enc(result_element(err, kind=Kind.QUERY, associative=True)) == '{"rows":[],"error":"no such table: bar"}'
     w = StatementResult(last_insert_id=4, rows_affected=1)
-    assert enc(result_element(w, kind="request", associative=True)) == \
+    assert enc(result_element(w, kind=Kind.REQUEST, associative=True)) == \
         '{"last_insert_id":4,"rows_affected":1,"rows":null}'
-    assert enc(result_element(w, kind="execute", associative=True)) == '{"last_insert_id":4,"rows_affected":1}'
-    assert enc(result_element(err, kind="request", associative=True, is_read=True)) == \
+    assert enc(result_element(w, kind=Kind.EXECUTE, associative=True)) == '{"last_insert_id":4,"rows_affected":1}'
+    assert enc(result_element(err, kind=Kind.REQUEST, associative=True, is_read=True)) == \
         '{"rows":[],"error":"no such table: bar"}'
-    assert enc(result_element(err, kind="request", associative=True, is_read=False)) == \
+    assert enc(result_element(err, kind=Kind.REQUEST, associative=True, is_read=False)) == \
         '{"error":"no such table: bar","rows":null}'
 
 
 def test_associative_duplicate_columns_last_wins() -> None:
     r = StatementResult(columns=["a", "a"], decltypes=["INTEGER", "TEXT"], rows=[(1, "x")])
-    assert result_element(r, kind="query", associative=True) == {"types": {"a": "text"}, "rows": [{"a": "x"}]}
+    assert result_element(r, kind=Kind.QUERY, associative=True) == {"types": {"a": "text"}, "rows": [{"a": "x"}]}
 
 
 def test_duplicate_columns_kept_in_rows_form() -> None:
     r = StatementResult(columns=["a", "a"], decltypes=[None, None], rows=[(1, 2)])
-    assert result_element(r, kind="query") == {"columns": ["a", "a"], "types": ["integer", "integer"],
+    assert result_element(r, kind=Kind.QUERY) == {"columns": ["a", "a"], "types": ["integer", "integer"],
                                                "values": [[1, 2]]}
 
 
@@ -253,7 +254,7 @@ def test_response_body_top_level() -> None:
 
 def test_text_is_raw_utf8_without_html_escaping() -> None:
     r = StatementResult(columns=["s"], decltypes=["TEXT"], rows=[("<é>&\"\n",)])
-    assert dumps(result_element(r, kind="query")) == '{"columns":["s"],"types":["text"],"values":[["<é>&\\"\\n"]]}'.encode()
+    assert dumps(result_element(r, kind=Kind.QUERY)) == '{"columns":["s"],"types":["text"],"values":[["<é>&\\"\\n"]]}'.encode()
 
 
 def test_lone_surrogates_do_not_break_encoding() -> None:

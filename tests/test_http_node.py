@@ -12,22 +12,21 @@ import json
 import aiohttp
 import pytest
 
-from raftsql.http import make_app
-
-from .inprocess import start_nodes, wait_for
+from .inprocess import start_servers, wait_for
 
 
 @pytest.fixture
 async def cluster(tmp_path):
-    nodes = await start_nodes(tmp_path, heartbeat_ms=50, election_ms=300, api=lambda: make_app)
+    servers = await start_servers(tmp_path, heartbeat_ms=50, election_ms=300)
+    nodes = [s.node for s in servers]
     await wait_for(lambda: any(n.is_leader for n in nodes))
     leader = next(n for n in nodes if n.is_leader)
     await wait_for(lambda: all(n.leader_id == leader.node_id for n in nodes))
     await wait_for(lambda: all(n.leader_api_url() for n in nodes))
     async with aiohttp.ClientSession() as session:
         yield nodes, leader, session
-    for n in nodes:
-        await n.stop(transfer=False)
+    for s in servers:
+        await s.stop(transfer=False)
 
 
 async def test_real_nodes(cluster) -> None:

@@ -10,7 +10,7 @@ from multidict import MultiDict
 
 from raftsql.http.body import parse_statements
 from raftsql.http.params import ParamError, Params, go_duration_string, parse_duration, parse_int
-from raftsql.http.respond import HttpError
+from raftsql.http.respond import RequestError
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -115,7 +115,7 @@ def test_durations_and_defaults() -> None:
     (b'[["X", [[1]]]]', "unsupported type"), (b'[["X", {"a": [1, -1]}]]', "unsupported type"),
 ])
 def test_bad_bodies(body: bytes, message: str) -> None:
-    with pytest.raises(HttpError) as e:
+    with pytest.raises(RequestError) as e:
         parse_statements(body, "application/json")
     assert (e.value.status, e.value.message) == (400, message)
 
@@ -131,7 +131,7 @@ def test_text_plain_bodies() -> None:
     assert parse_statements(b"SELECT 1; SELECT 2", "text/plain") == ["SELECT 1; SELECT 2"]
     assert parse_statements(b"SELECT 1", "Text/Plain; charset=utf-8") == ["SELECT 1"]
     assert parse_statements(b'["SELECT 1"]', "text/plain") == ['["SELECT 1"]']
-    with pytest.raises(HttpError):  # /db/request takes JSON only
+    with pytest.raises(RequestError):  # /db/request takes JSON only
         parse_statements(b"SELECT 1", "text/plain", allow_text=False)
 
 
@@ -150,7 +150,7 @@ def test_any_json_body_is_statements_or_a_400(value: object) -> None:
         return
     try:
         stmts = parse_statements(body, "application/json")
-    except HttpError as e:
+    except RequestError as e:
         assert e.status == 400
         assert e.message in ("invalid JSON body", "invalid request", "no statements", "unsupported type")
         return
@@ -161,5 +161,5 @@ def test_any_json_body_is_statements_or_a_400(value: object) -> None:
 def test_any_bytes_body_is_statements_or_a_400(body: bytes) -> None:
     try:
         parse_statements(body, "application/json")
-    except HttpError as e:
+    except RequestError as e:
         assert e.status == 400

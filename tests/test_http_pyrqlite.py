@@ -11,8 +11,7 @@ import datetime as dt
 
 import pytest
 
-from raftsql.http import make_app
-from tests.fakes import FakeFollower, FakeNode
+from tests.fakes import FakeFollower, FakeNode, fake_app
 
 pyrqlite = pytest.importorskip("pyrqlite.dbapi2")
 
@@ -26,7 +25,7 @@ def connect(server, **kw):
 
 
 async def test_pyrqlite_round_trip(node, aiohttp_server) -> None:
-    server = await aiohttp_server(make_app(node))
+    server = await aiohttp_server(fake_app(node))
 
     def session() -> None:
         conn = connect(server)
@@ -62,7 +61,7 @@ async def test_pyrqlite_round_trip(node, aiohttp_server) -> None:
 
 
 async def test_pyrqlite_detect_types_and_levels(node, aiohttp_server) -> None:
-    server = await aiohttp_server(make_app(node))
+    server = await aiohttp_server(fake_app(node))
 
     def session() -> None:
         conn = connect(server, detect_types=pyrqlite.PARSE_DECLTYPES)
@@ -84,10 +83,10 @@ async def test_pyrqlite_detect_types_and_levels(node, aiohttp_server) -> None:
 
 async def test_pyrqlite_follows_a_redirect_from_a_follower(tmp_path, aiohttp_server) -> None:
     leader = FakeNode(tmp_path, "n1")
-    lserver = await aiohttp_server(make_app(leader))
+    lserver = await aiohttp_server(fake_app(leader))
     leader.api_url = str(lserver.make_url("")).rstrip("/")
     follower = FakeFollower(tmp_path, leader, "n2")
-    fserver = await aiohttp_server(make_app(follower))
+    fserver = await aiohttp_server(fake_app(follower))
 
     def session() -> None:
         conn = connect(fserver)  # forwarded transparently: pyrqlite never sees the follower

@@ -9,16 +9,15 @@ import orjson
 import pytest
 
 from raftsql.errors import LeadershipLostError
-from raftsql.http import make_app
 from raftsql.http.state import STATE
-from tests.fakes import FakeFollower, FakeNode
+from tests.fakes import FakeFollower, FakeNode, fake_app
 
 JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
 async def client(node, aiohttp_client):
-    c = await aiohttp_client(make_app(node, queue_timeout=0.02))
+    c = await aiohttp_client(fake_app(node, queue_timeout=0.02))
     await c.post("/db/execute", data=b'["CREATE TABLE q(id INTEGER PRIMARY KEY, v TEXT)"]', headers=JSON)
     return c
 
@@ -61,7 +60,7 @@ async def test_queued_requests_are_merged_into_one_write(client, node) -> None:
 
 
 async def test_batches_are_cut_at_batch_size(node, aiohttp_client) -> None:
-    client = await aiohttp_client(make_app(node, queue_batch_size=3, queue_timeout=1.0))
+    client = await aiohttp_client(fake_app(node, queue_batch_size=3, queue_timeout=1.0))
     await client.post("/db/execute", data=b'["CREATE TABLE q(v)"]', headers=JSON)
     node.calls.clear()
     for i in range(7):
@@ -103,10 +102,10 @@ async def test_queue_timings_and_pretty(client) -> None:
 
 async def test_follower_queue_flushes_to_the_leader(tmp_path, aiohttp_server, aiohttp_client) -> None:
     leader = FakeNode(tmp_path, "n1")
-    lserver = await aiohttp_server(make_app(leader))
+    lserver = await aiohttp_server(fake_app(leader))
     leader.api_url = str(lserver.make_url("")).rstrip("/")
     follower = FakeFollower(tmp_path, leader, "n2")
-    fc = await aiohttp_client(make_app(follower, queue_timeout=0.01))
+    fc = await aiohttp_client(fake_app(follower, queue_timeout=0.01))
     lc = await aiohttp_client(lserver)
     await lc.post("/db/execute", data=b'["CREATE TABLE q(v)"]', headers=JSON)
     status, _ = await post(fc, "/db/execute?queue&wait", [["INSERT INTO q(v) VALUES(?)", "via follower"]])
@@ -118,7 +117,7 @@ async def test_follower_queue_flushes_to_the_leader(tmp_path, aiohttp_server, ai
 
 
 async def test_queue_shuts_down_cleanly(node, aiohttp_client) -> None:
-    client = await aiohttp_client(make_app(node, queue_timeout=5.0))
+    client = await aiohttp_client(fake_app(node, queue_timeout=5.0))
     await client.post("/db/execute", data=b'["CREATE TABLE q(v)"]', headers=JSON)
     await post(client, "/db/execute?queue", [["INSERT INTO q(v) VALUES(1)"]])
     await asyncio.wait_for(client.close(), 5)  # cleanup flushes what is queued

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from raftsql.cli.launcher import free_ports
 from raftsql.errors import NotLeaderError
-from raftsql.node.node import Node, NodeConfig
+from raftsql.node import Node, NodeConfig
 from raftsql.raft.messages import Role
+from raftsql.server import Server, ServerConfig
+from raftsql.sql.command import ReadOptions
 from raftsql.storage.log import Storage
 
 from .inprocess import start_nodes, wait_for
@@ -100,7 +103,7 @@ async def test_reads_that_arrive_together_share_one_read_index(nodes):
     leader = leader_of(nodes)
     await leader.propose(b"a=1")
     before = leader._reads.seq
-    await asyncio.gather(*(leader.read_barrier("linearizable") for _ in range(20)))
+    await asyncio.gather(*(leader.read_barrier(True) for _ in range(20)))
     assert 1 <= leader._reads.seq - before <= 2  # one ReadIndex round, not twenty
 
 
@@ -117,15 +120,19 @@ class CountingStorage(Storage):
 
 @pytest.fixture
 async def single(tmp_path, monkeypatch):
+    """One node serving SQL: `.sql` executes, `.query` reads on the node's read path."""
     monkeypatch.setattr("raftsql.node.node.Storage", CountingStorage)
     (port,) = free_ports(1)
-    node = Node(NodeConfig(data_dir=str(tmp_path / "n1"), http_addr=f"127.0.0.1:{port}",
-                           heartbeat_ms=20, election_ms=200))
-    await node.start()
+    server = Server(ServerConfig(NodeConfig(data_dir=str(tmp_path / "n1"),
+                                            http_addr=f"127.0.0.1:{port}",
+                                            heartbeat_ms=20, election_ms=200)))
+    await server.start()
+    node = server.node
     await wait_for(lambda: node.is_leader)
-    await node.execute(["CREATE TABLE t (x)"])
-    yield node
-    await node.stop(transfer=False)
+    await server.sql.execute(["CREATE TABLE t (x)"])
+    yield SimpleNamespace(node=node, execute=server.sql.execute,
+                          query=lambda stmts: node.query(stmts, ReadOptions()))
+    await server.stop(transfer=False)
 
 
 async def test_a_ready_that_only_commits_is_not_fsynced(single):
@@ -140,18 +147,19 @@ SLOW = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i 
 
 
 async def test_writes_and_reads_on_the_loop_or_on_threads_give_the_same_results(single):
+    node = single.node
     results, _ = await single.execute([["INSERT INTO t VALUES(?)", 1], f"INSERT INTO t {SLOW}"])
     assert [r.rows_affected for r in results] == [1, 1]
-    assert single._applier.inline_off_until > 0  # it ran out of time on the loop: redone on a thread
-    single._applier.inline_off_until = single._reads.inline_off_until = float("inf")
+    assert node._applier.inline_off_until > 0  # it ran out of time on the loop: redone on a thread
+    node._applier.inline_off_until = node._reads.inline_off_until = float("inf")
     results, _ = await single.execute([["INSERT INTO t VALUES(?)", 2]])
     assert results[0].last_insert_id == 3
     queries = [single.query([["SELECT count(*) FROM t WHERE x >= ?", k]]) for k in range(30)]
     counts = [r[0].rows[0][0] for r in await asyncio.gather(*queries, single.query([SLOW]))]
     assert counts == [3, 3, 2] + [1] * 27 + [300000]
-    single._applier.inline_off_until = single._reads.inline_off_until = 0.0
+    node._applier.inline_off_until = node._reads.inline_off_until = 0.0
     assert (await single.query([SLOW]))[0].rows == [(300000,)]
-    assert single._reads.inline_off_until > 0
+    assert node._reads.inline_off_until > 0
     assert (await single.query(["SELECT count(*) FROM t"]))[0].rows == [(3,)]
 
 

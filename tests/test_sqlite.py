@@ -302,7 +302,8 @@ def test_the_applied_index_is_stored_modulo_2_32_and_resolved_against_the_log(tm
     path = str(tmp_path / "db.sqlite")
     with Database(path) as d:
         d.apply([entry(index or 1, ["CREATE TABLE t (x)"])])
-    with Database(path, log_end=(index or 1) + 77) as d:
+    with Database(path) as d:
+        d.recover((index or 1) + 77)
         assert d.applied_index() == (index or 1)
         assert d.apply([entry(index or 1, ["CREATE TABLE t (x)"])]) == [None]  # not again
 
@@ -311,9 +312,10 @@ def test_a_database_ahead_of_the_log_is_refused(tmp_path):
     path = str(tmp_path / "db.sqlite")
     with Database(path) as d:
         d.apply([entry(9, ["CREATE TABLE t (x)"])])
-    with pytest.raises(StorageError, match="does not belong with this Raft log"):
-        Database(path, log_end=3)
-    with Database(path, log_end=9) as d:  # nothing was left open or registered
+    with Database(path) as d, pytest.raises(StorageError, match="does not belong with this"):
+        d.recover(3)
+    with Database(path) as d:
+        d.recover(9)
         assert d.applied_index() == 9
 
 

@@ -15,9 +15,9 @@ from aiohttp import web
 from raftsql.errors import ClusterError, NotLeaderError
 from raftsql.raft.messages import Entry, Message, MessageType, Snapshot, SnapshotMeta
 from raftsql.transport.codec import decode_ack, encode_batch, split_frame
+from raftsql.transport.rpc import ERROR_HEADER
 from raftsql.transport.websocket import (
     CHUNK_SIZE,
-    ERROR_HEADER,
     FROM_HEADER,
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,

@@ -155,8 +155,8 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
     import logging
 
     from raftsql.errors import RaftSQLError
-    from raftsql.http.app import make_app
-    from raftsql.node.node import Node, NodeConfig
+    from raftsql.node import NodeConfig
+    from raftsql.server import Server, ServerConfig
 
     if stop.requested:
         return 0
@@ -173,11 +173,11 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
         raft_addr=args.raft_addr, initial_cluster=args.initial_cluster or {},
         join=args.join or [], non_voter=args.non_voter, heartbeat_ms=args.heartbeat_ms,
         election_ms=args.election_ms, snapshot_threshold=args.snapshot_threshold,
-        cluster_secret=secret, fk=args.fk,
+        cluster_secret=secret,
     )
 
     async def run() -> int:
-        node = Node(config, api=lambda n: make_app(n, max_body_bytes=args.max_body_bytes))
+        node = Server(ServerConfig(config, fk=args.fk, max_body_bytes=args.max_body_bytes))
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))

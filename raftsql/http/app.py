@@ -1,9 +1,9 @@
 """The client-facing HTTP API of a node: rqlite's, so rqlite clients work unmodified.
 
-`make_app(node)` builds the aiohttp application. Middleware gives every response rqlite's
-headers (X-RQLITE-VERSION, CORS) and one error shape: a short plain-text body for a
-non-200 status (none at all for 404, 405 and OPTIONS). A node never crashes or answers 500
-for anything a client sends; an unexpected exception is a logged 500 with its message.
+`make_app(node, sql)` builds the aiohttp application. Middleware gives every response
+rqlite's headers (X-RQLITE-VERSION, CORS), and turns every error a handler raises into its
+response, by one table (respond.ERRORS). A node never crashes or answers 500 for anything a
+client sends; an unexpected exception is a logged 500 with its message.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from raftsql.http.params import ParamError
 from raftsql.http.queue import WriteQueue
-from raftsql.http.respond import VERSION, HttpError, text_error
+from raftsql.http.respond import VERSION, error_response, text_error
 from raftsql.http.rqlite import cluster as routes_cluster
 from raftsql.http.rqlite import db as routes_db
-from raftsql.http.state import STATE, ApiState
-from raftsql.sql.classify import Classifier
+from raftsql.http.state import STATE, ApiState, ClusterNode
+from raftsql.sql.service import SqlService
 
 log = logging.getLogger("raftsql.http")
 
@@ -28,16 +27,17 @@ DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 
 
 def make_app(
-    node: Any, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, allow_origin: str | None = None,
-    queue_capacity: int = 1024, queue_batch_size: int = 128, queue_timeout: float = 0.05,
+    node: ClusterNode, sql: SqlService, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allow_origin: str | None = None, queue_capacity: int = 1024, queue_batch_size: int = 128,
+    queue_timeout: float = 0.05,
 ) -> web.Application:
-    """The rqlite-compatible API of `node` (see raftsql/http/__init__.py for the node interface)."""
+    """The rqlite-compatible API of `node` and its SQL service."""
     # Data routes stream their bodies against max_body_bytes themselves (413 before reading
     # more); client_max_size only bounds routes that call request.read(), like Raft's RPC.
     app = web.Application(middlewares=[_guard], client_max_size=max(max_body_bytes, 2**20))
-    state = ApiState(node, max_body_bytes, allow_origin, classifier=Classifier(node))
-    state.queue = WriteQueue(state, capacity=queue_capacity, batch_size=queue_batch_size,
-                             timeout=queue_timeout)
+    state = ApiState(node, sql, max_body_bytes, allow_origin)
+    state.queue = WriteQueue(sql, node.node_id, lambda: state.client, capacity=queue_capacity,
+                             batch_size=queue_batch_size, timeout=queue_timeout)
     app[STATE] = state
     _add_routes(app.router)
     app.on_response_prepare.append(_add_headers)
@@ -70,14 +70,11 @@ async def _root(request: web.Request) -> web.Response:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The one boundary where errors become responses (the table: respond.ERRORS)."""
     if request.method == "OPTIONS":
         return web.Response(status=200)
     try:
         return await handler(request)
-    except HttpError as e:
-        return text_error(e.status, e.message)
-    except ParamError as e:
-        return text_error(400, str(e))
     except web.HTTPException as e:
         if e.status in (404, 405):
             return web.Response(status=e.status)
@@ -87,6 +84,9 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     except asyncio.CancelledError:
         raise
     except Exception as e:
+        response = error_response(request, e)
+        if response is not None:
+            return response
         log.exception("%s %s failed", request.method, request.path_qs)
         return text_error(500, f"internal error: {type(e).__name__}: {e}")
 
@@ -121,4 +121,3 @@ async def _cleanup(app: web.Application) -> None:
         await state.queue.close()
     if state.session is not None:
         await state.session.close()
-    state.classifier.close()

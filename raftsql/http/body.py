@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from raftsql.http.respond import HttpError
-from raftsql.sql.params import BadStatementError, validate_statements
+from raftsql.errors import RequestError
+from raftsql.sql.params import validate_statements
 
 INVALID_JSON = "invalid JSON body"
 NO_STATEMENTS = "no statements"
@@ -23,7 +23,7 @@ def is_text_body(content_type: str | None) -> bool:
 
 
 def parse_statements(body: bytes, content_type: str | None, *, allow_text: bool = True) -> list[Any]:
-    """The statements of a POST body; HttpError(400) with rqlite's message when malformed.
+    """The statements of a POST body; RequestError(400) with rqlite's message when malformed.
 
     A `text/plain` body (execute and query only) is one statement, which may hold several
     `;`-separated statements. Any other content type is parsed as JSON.
@@ -33,15 +33,8 @@ def parse_statements(body: bytes, content_type: str | None, *, allow_text: bool 
     try:
         value = orjson.loads(body) if body.strip() else None
     except orjson.JSONDecodeError:
-        raise HttpError(400, INVALID_JSON) from None
+        raise RequestError(400, INVALID_JSON) from None
     if value is None:  # an empty body, or `null` (Go decodes it as an empty list)
-        raise HttpError(400, NO_STATEMENTS)
-    check_statements(value)
+        raise RequestError(400, NO_STATEMENTS)
+    validate_statements(value)  # BadStatementError: a 400 with rqlite's message
     return value
-
-
-def check_statements(value: Any) -> None:
-    try:
-        validate_statements(value)
-    except BadStatementError as e:
-        raise HttpError(400, str(e)) from None

@@ -28,23 +28,23 @@ from yarl import URL
 
 from raftsql.errors import NotLeaderError
 from raftsql.http.respond import (
+    FORWARDED_HEADER,
     JSON_TYPE,
     LEADER_NOT_FOUND,
-    request_error,
+    MAYBE_APPLIED,
+    NOT_LEADER_HEADER,
+    SERVED_BY,
     text_error,
+    unavailable,
 )
 from raftsql.http.state import ApiState
 
 log = logging.getLogger("raftsql.http")
 
-FORWARDED_HEADER = "X-Raftsql-Forwarded-By"
-NOT_LEADER_HEADER = "X-Raftsql-Not-Leader"  # "I did nothing with your forwarded request"
-SERVED_BY = "X-RQLITE-SERVED-BY"
 _PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
 _POLL = 0.05  # seconds between two looks for a leader
 _RETRY_SAME = 0.5  # seconds before a leader that could not be reached is tried again
 _CONNECT_TIMEOUT = 2.0  # a leader that does not accept a connection by then is treated as down
-MAYBE_APPLIED = "the request may have been applied"
 NOT_A_MEMBER = "this node is not a member of the cluster (it was removed)"
 
 
@@ -74,8 +74,8 @@ async def on_leader(
             err = e
         if request.headers.get(FORWARDED_HEADER):
             return not_leader_reply()
-        if getattr(state.node, "removed", False):
-            return failure(NOT_A_MEMBER, json_errors, pretty)
+        if state.node.removed:
+            return unavailable(NOT_A_MEMBER, json=json_errors, pretty=pretty)
         url = _leader_url(state, err)
         if url is not None and not (failed and failed[0] == err.leader_id
                                     and loop.time() - failed[1] < _RETRY_SAME):
@@ -90,11 +90,11 @@ async def on_leader(
                 why = f"forwarding to leader {err.leader_id or url}: {e}"
                 if not idempotent:
                     log.warning("%s %s: %s", request.method, request.path, why)
-                    return failure(f"{why}; {MAYBE_APPLIED}", json_errors, pretty)
+                    return unavailable(f"{why}; {MAYBE_APPLIED}", json=json_errors, pretty=pretty)
             failed = (err.leader_id, loop.time())
         if loop.time() >= deadline:
             log.info("%s %s: %s", request.method, request.path, why)
-            return failure(why, json_errors and why != LEADER_NOT_FOUND, pretty)
+            return unavailable(why, json=json_errors and why != LEADER_NOT_FOUND, pretty=pretty)
         await asyncio.sleep(min(_POLL, max(deadline - loop.time(), 0)))
 
 
@@ -102,22 +102,6 @@ def not_leader_reply() -> web.Response:
     """The answer to a forwarded request this node cannot serve: it did nothing with it."""
     response = text_error(503, "not leader: the forwarded request was not applied")
     response.headers[NOT_LEADER_HEADER] = "1"
-    response.headers["Retry-After"] = "1"
-    return response
-
-
-def unavailable(message: str, *, pretty: bool = False) -> web.Response:
-    """A data request that did not succeed: 503, Retry-After, rqlite's JSON error shape."""
-    response = request_error(message, pretty=pretty, status=503)
-    response.headers["Retry-After"] = "1"
-    return response
-
-
-def failure(message: str, json_errors: bool = False, pretty: bool = False) -> web.Response:
-    """503 with Retry-After: in rqlite's JSON error shape, or as plain text."""
-    if json_errors:
-        return unavailable(message, pretty=pretty)
-    response = text_error(503, message)
     response.headers["Retry-After"] = "1"
     return response
 

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from raftsql.errors import ParamError
+
 LEVELS = ("none", "weak", "linearizable", "strong", "auto")
 DEFAULT_LEVEL = "linearizable"  # raftsql: reads are served by the leader and never stale
 DEFAULT_TIMEOUT = 30.0
@@ -24,10 +26,6 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 DURATION_KEYS = ("timeout", "freshness", "db_timeout", "linearizable_timeout")
 INTEGER_KEYS = ("retries", "trailing_logs")
-
-
-class ParamError(ValueError):
-    """A query-string option rqlite would refuse with 400; the message is rqlite's."""
 
 
 def parse_duration(text: str) -> float:

@@ -14,24 +14,31 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import orjson
 
 from raftsql.errors import NotLeaderError, RaftSQLError
-from raftsql.http.forward import FORWARDED_HEADER
-from raftsql.http.state import ApiState
+from raftsql.http.respond import FORWARDED_HEADER
+from raftsql.sql.service import SqlService
 
 log = logging.getLogger("raftsql.http.queue")
 
 
 class WriteQueue:
+    """`client()` is the HTTP session to forward to the leader with; `node_id` names this
+    node in forwarded requests."""
+
     def __init__(
-        self, state: ApiState, *, capacity: int = 1024, batch_size: int = 128,
-        timeout: float = 0.05, retry_interval: float = 1.0, transaction: bool = False,
+        self, sql: SqlService, node_id: str, client: Callable[[], aiohttp.ClientSession], *,
+        capacity: int = 1024, batch_size: int = 128, timeout: float = 0.05,
+        retry_interval: float = 1.0, transaction: bool = False,
     ) -> None:
-        self._state = state
+        self._sql = sql
+        self._node_id = node_id
+        self._client = client
         self.capacity = capacity
         self.batch_size = batch_size
         self.timeout = timeout
@@ -125,9 +132,8 @@ class WriteQueue:
             return
 
     async def _execute(self, statements: list[Any]) -> list[str | None]:
-        node = self._state.node
         try:
-            results, _ = await node.execute(statements, transaction=self.transaction, op="execute")
+            results, _ = await self._sql.execute(statements, transaction=self.transaction)
             return [r.error for r in results]
         except NotLeaderError as e:
             if not e.leader_url:
@@ -137,8 +143,8 @@ class WriteQueue:
     async def _forward(self, leader_url: str, statements: list[Any]) -> list[str | None]:
         url = leader_url.rstrip("/") + "/db/execute" + ("?transaction" if self.transaction else "")
         headers = {"Content-Type": "application/json",
-                   FORWARDED_HEADER: str(self._state.node.node_id)}
-        async with self._state.client.post(
+                   FORWARDED_HEADER: self._node_id}
+        async with self._client().post(
             url, data=orjson.dumps(statements), headers=headers,
             timeout=aiohttp.ClientTimeout(total=30),
         ) as resp:

@@ -10,28 +10,38 @@ plain-text body (Go's `http.Error`: the message and a newline), or no body at al
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from aiohttp import web
 
 from raftsql import __version__
+from raftsql.errors import (
+    ClusterError,
+    LeadershipLostError,
+    NodeStoppedError,
+    NotLeaderError,
+    RequestError,
+    RequestTimeoutError,
+    StaleReadError,
+    TransportError,
+)
 from raftsql.http.rqlite.encode import response_body
 
 VERSION = f"raftsql/{__version__}"
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 
+FORWARDED_HEADER = "X-Raftsql-Forwarded-By"  # a request forwarded by that node: never again
+NOT_LEADER_HEADER = "X-Raftsql-Not-Leader"  # "I did nothing with your forwarded request"
+SERVED_BY = "X-RQLITE-SERVED-BY"
+
 LEADER_NOT_FOUND = "leader not found"
 LEADERSHIP_LOST = "leadership lost while committing log"
 STALE_READ = "stale read"
 DISALLOWED_PRAGMA = "disallowed pragma"
-
-
-class HttpError(Exception):
-    """Answer with `status` and a plain-text `message` (no body when message is None)."""
-
-    def __init__(self, status: int, message: str | None = None):
-        super().__init__(message or str(status))
-        self.status = status
-        self.message = message
+MAYBE_APPLIED = "the request may have been applied"
 
 
 def text_error(status: int, message: str | None) -> web.Response:
@@ -60,7 +70,7 @@ def request_error(message: str, status: int, *, pretty: bool = False) -> web.Res
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, or 413 once it passes `limit` bytes (checked before reading)."""
     if request.content_length is not None and request.content_length > limit:
-        raise HttpError(413, "request body too large")
+        raise RequestError(413, "request body too large")
     content = request.content
     chunks, size = [], 0
     while True:
@@ -69,8 +79,63 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             break
         size += len(chunk)
         if size > limit:
-            raise HttpError(413, "request body too large")
+            raise RequestError(413, "request body too large")
         chunks.append(chunk)
         if content.is_eof():  # the common case: the whole body came in one read
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def unavailable(message: str, *, json: bool, pretty: bool = False) -> web.Response:
+    """503 with Retry-After: in rqlite's JSON shape (data routes) or as plain text."""
+    if json:
+        response = request_error(message, 503, pretty=pretty)
+    else:
+        response = text_error(503, message)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+# ---- errors -> responses: the one table ----------------------------------------------
+
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How a route's failures are worded."""
+
+    json: bool  # rqlite's JSON body, {"results":[],"error":...}, rather than plain text
+    write: bool = False  # a failure may leave the request applied: say so
+    timeout: str = "timeout"  # what a RequestTimeoutError was waiting for
+
+
+ROUTE: web.RequestKey[Route] = web.RequestKey("raftsql_route", Route)  # set by handlers
+_TEXT_ROUTE = Route(json=False)
+Wording = Callable[[Any, Route], str]
+
+# error type -> (its status, its message, whether a write it failed may have been applied).
+# The first type that matches wins; a 503 is worded the route's way (JSON or text).
+ERRORS: tuple[tuple[type[Exception], Callable[[Any], int], Wording, bool], ...] = (
+    (RequestError, lambda e: e.status, lambda e, route: e.message, False),
+    (ClusterError, lambda e: e.status, lambda e, route: str(e), False),
+    (StaleReadError, lambda e: 503, lambda e, route: str(e), False),
+    (RequestTimeoutError, lambda e: 503, lambda e, route: route.timeout, True),
+    (LeadershipLostError, lambda e: 503, lambda e, route: str(e), True),
+    (NodeStoppedError, lambda e: 503, lambda e, route: str(e), True),
+    (NotLeaderError, lambda e: 503, lambda e, route: LEADER_NOT_FOUND, False),
+    (TransportError, lambda e: 503, lambda e, route: str(e), False),
+)
+
+
+def error_response(request: web.Request, e: Exception) -> web.Response | None:
+    """The response for an error a handler raised; None if it is not one of ours."""
+    route: Route = request.get(ROUTE, _TEXT_ROUTE)
+    for kind, status_of, wording, unknown_outcome in ERRORS:
+        if isinstance(e, kind):
+            status, message = status_of(e), wording(e, route)
+            if status != 503:
+                return text_error(status, message)
+            if route.write and unknown_outcome:
+                message = f"{message}; {MAYBE_APPLIED}"
+            return unavailable(message, json=route.json, pretty="pretty" in request.query)
+    return None

@@ -1,38 +1,56 @@
-"""What every route of one node's API shares: the node, the forwarding session, the queue."""
+"""What every route of one node's API shares: the node, its SQL service, the forwarding
+session, the queue; and the two interfaces the API uses them through."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from raftsql.sql.classify import Classifier
+from raftsql.http.queue import WriteQueue
+from raftsql.node.addresses import Member
+from raftsql.sql.service import SqlService
 
-if TYPE_CHECKING:
-    from raftsql.http.queue import WriteQueue
+
+class ClusterNode(Protocol):
+    """The node as the API sees it (raftsql.node.Node; tests.fakes.FakeNode in tests)."""
+
+    node_id: str
+    api_url: str
+    is_leader: bool
+    leader_id: str | None
+    removed: bool
+
+    def leader_api_url(self) -> str | None: ...
+    def members(self) -> list[Member]: ...
+    def status(self) -> dict[str, Any]: ...
+    async def remove_member(self, node_id: str, timeout: float = 10.0) -> None: ...
+    async def transfer_leadership(self, target: str | None = None,
+                                  timeout: float = 5.0) -> None: ...
+    async def snapshot(self) -> bool: ...
 
 
 @dataclass
 class ApiState:
-    node: Any  # duck-typed: raftsql.node.Node, or tests.fakes.FakeNode
+    node: ClusterNode
+    sql: SqlService
     max_body_bytes: int
     allow_origin: str | None = None
-    session: aiohttp.ClientSession | None = None
     queue: WriteQueue | None = None
-    classifier: Classifier = field(default_factory=Classifier)
+    session: aiohttp.ClientSession | None = None
     started: float = field(default_factory=time.time)
+    _served_here: tuple[str, str] = ("", "")  # (api_url, what served_here() answers for it)
 
     @property
     def client(self) -> aiohttp.ClientSession:
+        """One ClientSession per app, for forwarding and peer checks."""
         if self.session is None or self.session.closed:
             self.session = aiohttp.ClientSession()
         return self.session
-
-    _served_here: tuple[str, str] = ("", "")  # (api_url, what served_here() answers for it)
 
     def served_here(self) -> str:
         """X-RQLITE-SERVED-BY for a request this node served: its API host:port."""
@@ -41,13 +59,10 @@ class ApiState:
             self._served_here = (api_url, urlsplit(api_url).netloc or api_url)
         return self._served_here[1]
 
-    def member(self, node_id: str | None) -> Any | None:
+    def member(self, node_id: str | None) -> Member | None:
         if node_id is None:
             return None
-        for m in self.node.members():
-            if m.id == node_id:
-                return m
-        return None
+        return next((m for m in self.node.members() if m.id == node_id), None)
 
     def is_voter(self) -> bool:
         me = self.member(self.node.node_id)

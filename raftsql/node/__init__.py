@@ -1,7 +1,7 @@
 """The asyncio driver that runs the pure Raft core for any state machine."""
 
+from raftsql.node.addresses import Member
 from raftsql.node.applier import StateMachine
-from raftsql.node.membership import Member
 from raftsql.node.node import Node, NodeConfig
 
 __all__ = ["Member", "Node", "NodeConfig", "StateMachine"]

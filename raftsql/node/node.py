@@ -1,22 +1,23 @@
 """The asyncio driver: one loop per node that runs the pure Raft core.
 
-It turns wall-clock time into ticks, steps incoming messages, persists each Ready (one
-fsync per batch), sends messages, hands committed entries to the state machine in log
-order, and completes waiting requests. All calls into the core happen on the loop task
-between `advance()` and the next `ready()`; everything else (requests, peers, timers) only
-queues work and wakes it.
+It turns the clock's time into ticks, steps incoming messages, carries out each Ready's
+effects in the one order (raftsql/raft/order.py), hands committed entries to the state
+machine in log order, and completes waiting requests. All calls into the core happen on the
+loop task between `advance()` and the next `ready()`; everything else (requests, peers,
+timers) only queues work and wakes it.
 
 Where the work runs (docs/performance.md has the measurements behind it): a thread hop
 costs 100-300 us on a small machine, more than most of the work it would move, so only what
 can take long leaves the loop. The leader fsyncs on its persist thread (its loop parses the
 next requests meanwhile); other nodes fsync on the loop, since they can do nothing else
 before it. Committed entries, and queries, run on the loop when the state machine finishes
-them within a 2 ms budget (SQLite is interrupted and the work undone if not), else on the
-apply thread and on read threads.
+them within a 2 ms budget, else on the apply thread and on read threads.
 
-The node owns its collaborators, each in its own module: the address book, bootstrap and
-joining (membership.py), the apply pipeline and snapshots (applier.py), the read path
-(reads.py), and request deadlines (waiting.py).
+The node wires its collaborators, each given only what it uses: the address book
+(addresses.py), membership changes and joining (membership.py), the apply pipeline and
+snapshots (applier.py), the read path (reads.py), proposals (proposals.py), the persist
+thread (persist.py), deadlines and the applied index (waiting.py) and the clock (clock.py).
+It knows nothing of what its state machine stores.
 """
 
 from __future__ import annotations
@@ -26,36 +27,42 @@ import contextlib
 import logging
 import os
 import random
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from aiohttp import web
-
-from raftsql.errors import ClusterError, LeadershipLostError, NotLeaderError, RaftSQLError
-from raftsql.node.applier import Applier, StateMachine
-from raftsql.node.membership import Member, Membership, addr_context, member_dict
+from raftsql.errors import (
+    ClusterError,
+    LeadershipLostError,
+    NodeStoppedError,
+    NotLeaderError,
+    RaftSQLError,
+)
+from raftsql.node.addresses import AddressBook, Member, addr_context
+from raftsql.node.applier import Applier, StateMachine, Work
+from raftsql.node.clock import Clock, RealClock
+from raftsql.node.membership import Membership
+from raftsql.node.persist import PersistThread
+from raftsql.node.proposals import Proposals
 from raftsql.node.reads import Reads
-from raftsql.node.waiting import Deadlines
+from raftsql.node.waiting import Applied, Deadlines
 from raftsql.raft.core import Config, Raft
 from raftsql.raft.messages import (
+    ConfChange,
     ConfState,
-    Entry,
     Message,
     MessageType,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
 )
 from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
-from raftsql.sql.command import Command, ReadOptions, StatementResult
 from raftsql.storage import Storage, attach_snapshot, write_persist
-from raftsql.transport.websocket import Transport
-
-__all__ = ["Member", "Node", "NodeConfig", "StateMachine"]
 
 log = logging.getLogger("raftsql.node")
+
+_LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 
 
 @dataclass
@@ -71,7 +78,6 @@ class NodeConfig:
     election_ms: int = 1000
     snapshot_threshold: int = 8192
     cluster_secret: str | None = None
-    fk: bool = False  # the SQL state machine enforces foreign keys (entries this node proposes)
 
     @property
     def advertised_raft_addr(self) -> str:
@@ -82,55 +88,82 @@ class NodeConfig:
         return f"http://{self.http_addr}"
 
 
+class PeerTransport(Protocol):
+    """What the driver needs of a transport (transport/websocket.py, transport/inmem.py)."""
+
+    def bind(self, deliver: Callable[[list[Message]], None], *,
+             attach_snapshot: Callable[[Message], Message | None],
+             on_peer_api: Callable[[str, str], None]) -> None: ...
+    def set_peer(self, node_id: str, raft_addr: str) -> None: ...
+    def send(self, messages: list[Message]) -> None: ...
+    def on_rpc(self, name: str, handler: Any) -> None: ...
+    async def call(self, raft_addr: str, name: str, payload: dict[str, Any],
+                   timeout: float = 5.0) -> dict[str, Any]: ...
+    async def start(self) -> None: ...
+    async def listen(self, addr: str) -> None: ...
+    async def close(self) -> None: ...
+
+
 class Node:
     """A raftsql node: the Raft core, its durable log, a transport and a state machine.
 
-    `api` builds the client-facing aiohttp application (the rqlite API for `raftsql
-    serve`); the Raft routes are added to it, or served alone when `api` is None.
+    Without a `transport`, the node makes the WebSocket one and serves it on its Raft
+    address itself; `raftsql.server` passes its own, to serve it beside the HTTP API.
     """
 
-    def __init__(
-        self,
-        config: NodeConfig,
-        state_machine: StateMachine | None = None,
-        api: Callable[[Node], web.Application] | None = None,
-    ) -> None:
+    def __init__(self, config: NodeConfig, state_machine: StateMachine,
+                 transport: PeerTransport | None = None, clock: Clock | None = None) -> None:
         self.config = config
         self.node_id = config.node_id
         self.api_url = config.api_url
-        self._sm = state_machine
-        self._api = api
+        self.database = state_machine
+        self._own_transport = transport is None
+        if transport is None:
+            from raftsql.transport.websocket import Transport
+
+            transport = Transport(self.node_id, secret=config.cluster_secret,
+                                  api_url=self.api_url)
+        self._transport = transport
+        self._clock = clock or RealClock()
         self._raft: Raft | None = None
         self._storage: Storage | None = None
-        self._transport: Transport | None = None
-        self._runners: list[web.AppRunner] = []
+        self._order: ReadyOrder | None = None  # what of a Ready to do when (raft/order.py)
         self._tasks: list[asyncio.Task[Any]] = []
-        self._persist_pool = ThreadPoolExecutor(1, thread_name_prefix=f"persist-{self.node_id}")
         self._wake = asyncio.Event()
         self._inbox: list[Message] = []
-        self._calls: list[Callable[[], None]] = []
+        self._calls: list[Callable[[Raft], None]] = []
         self._ticks = 0
-        self._persist_submitted = self._persist_finished = 0  # jobs for the persist thread
-        self._order: ReadyOrder | None = None  # what of a Ready to do when (raft/order.py)
-        self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
-        self._deadlines = Deadlines()
         self._last_contact: float | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
         self._failed = asyncio.Event()
         self.failure: Exception | None = None
-        self.applied_index = 0
         self.role = Role.FOLLOWER
         self.leader_id: str | None = None
-        self._membership = Membership(self)  # the address book, bootstrap and joining
-        self._applier = Applier(self)  # committed entries and snapshots into the state machine
-        self._reads = Reads(self)  # ReadIndex and queries
+        self._leader_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._persist = PersistThread(f"persist-{self.node_id}")
+        self._proposals = Proposals()
+        self._deadlines = Deadlines(self._clock)
+        self._applied = Applied()
+        self.book = AddressBook(self.node_id, config.advertised_raft_addr, self.api_url,
+                                os.path.join(config.data_dir, "peers.json"))
+        self._membership = Membership(
+            self.book, transport, self._clock, change=self._change_conf,
+            conf=lambda: self.conf, leader=lambda: self.leader_id, log=self._log)
+        self._applier = Applier(
+            state_machine, name=self.node_id, data_dir=config.data_dir, book=self.book,
+            threshold=config.snapshot_threshold, applied=self._applied,
+            on_applied=self._proposals.complete, save_snapshot=self._save_snapshot,
+            fail=self._fail)
+        self._reads = Reads(state_machine, name=self.node_id, call=self._call,
+                            not_leader=self._not_leader, deadlines=self._deadlines,
+                            applied=self._applied)
 
     # ---- public state -------------------------------------------------------------
 
     @property
-    def database(self) -> Any:
-        return self._sm
+    def applied_index(self) -> int:
+        return self._applied.index
 
     @property
     def is_leader(self) -> bool:
@@ -162,19 +195,11 @@ class Node:
     def quorum_size(self) -> int:
         return self.member_count // 2 + 1
 
-    @property
-    def ready(self) -> bool:
-        return self.leader_id is not None
-
     def leader_api_url(self) -> str | None:
-        if self.leader_id is None:
-            return None
-        if self.leader_id == self.node_id:
-            return self.api_url
-        return self._membership.api_url_of(self.leader_id)
+        return None if self.leader_id is None else self.book.api_url_of(self.leader_id)
 
     def members(self) -> list[Member]:
-        return self._membership.members(self.conf)
+        return self.book.members(self.conf)
 
     def last_contact(self) -> float | None:
         """Seconds since this node last heard from its leader (0 on the leader)."""
@@ -182,17 +207,17 @@ class Node:
             return 0.0
         if self._last_contact is None:
             return None
-        return time.monotonic() - self._last_contact
+        return self._clock.now() - self._last_contact
 
     def status(self) -> dict[str, Any]:
         raft = self._raft
-        leader_addr = self._membership.raft_addr_of(self.leader_id)
         return {
             "node_id": self.node_id,
-            "addr": self.config.advertised_raft_addr,
+            "addr": self.book.raft_addr,
             "api_addr": self.api_url,
-            "leader": {"node_id": self.leader_id or "", "addr": leader_addr},
-            "ready": self.ready,
+            "leader": {"node_id": self.leader_id or "",
+                       "addr": self.book.raft_addr_of(self.leader_id)},
+            "ready": self.leader_id is not None,
             "raft": {
                 "state": self.role.value if self.role is not Role.PRE_CANDIDATE else "Follower",
                 "term": self.term,
@@ -205,51 +230,41 @@ class Node:
                 "non_voters": len(self.conf.learners),
                 "quorum": self.quorum_size,
             },
-            "nodes": [member_dict(m) for m in self.members()],
+            "nodes": [{"id": m.id, "api_addr": m.api_url, "addr": m.raft_addr, "voter": m.voter}
+                      for m in self.members()],
         }
 
     # ---- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
-        self._storage = await self._in_persist(Storage, os.path.join(self.config.data_dir, "raft"))
-        if self._sm is None:
-            from raftsql.sql.database import Database
-
-            self._sm = Database(os.path.join(self.config.data_dir, "db.sqlite"),
-                                fk=self.config.fk, log_end=self._storage.last_index)
-        hs = self._storage.hard_state
+        storage = self._storage = await self._persist.run(
+            Storage, os.path.join(self.config.data_dir, "raft"))
+        hs = storage.hard_state
         self._order = ReadyOrder(hs)
-        membership = self._membership
         # No durable term and no snapshot: the bootstrap (or join) never completed. A crash
         # inside the first write can leave a prefix of the bootstrap entries without the
         # hard state: the core writes them again (docs/design.md §4).
-        fresh = hs.term == 0 and self._storage.snapshot_meta.index == 0
-        membership.load()
-        await self._applier.recover()
-        self._raft = self._make_raft(fresh and not self.config.join)
-        storage = self._storage
-        self._transport = Transport(
-            self.node_id, self._deliver, secret=self.config.cluster_secret,
-            api_url=self.api_url, on_peer_api=membership.note_api_url,
-            attach_snapshot=lambda m: attach_snapshot(storage, m),
-        )
-        self._transport.on_rpc("join", membership.on_join)
-        self._transport.on_rpc("info", membership.on_info)
-        for node_id, (raft_addr, _) in membership.peers.items():
-            self._transport.set_peer(node_id, raft_addr)
-        await self._transport.start()
-        await self._listen()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._run(), name=f"raft-{self.node_id}"),
-            loop.create_task(self._ticker(), name=f"tick-{self.node_id}"),
-            loop.create_task(membership.learn_api_urls(), name=f"info-{self.node_id}"),
-        ]
+        fresh = hs.term == 0 and storage.snapshot_meta.index == 0
+        self.book.load()
+        await self._applier.recover(storage)
+        self._raft = self._make_raft(storage, bootstrap=fresh and not self.config.join)
+        transport = self._transport
+        transport.bind(self._deliver, attach_snapshot=lambda m: attach_snapshot(storage, m),
+                       on_peer_api=self.book.note_api_url)
+        transport.on_rpc("join", self._membership.on_join)
+        transport.on_rpc("info", self._membership.on_info)
+        self.book.subscribe(transport.set_peer)
+        await transport.start()
+        if self._own_transport:
+            await transport.listen(self.config.advertised_raft_addr)
+        self._spawn(self._run(), "raft")
+        self._spawn(self._ticker(), "tick")
+        self._spawn(self._membership.learn_api_urls(), "info")
         if fresh and self.config.join:
-            self._tasks.append(loop.create_task(membership.join_cluster(), name="join"))
+            self._spawn(self._membership.join(self.config.join, not self.config.non_voter), "join")
         if self.conf.voters == (self.node_id,):
-            self._call(self._raft.campaign)  # a single-voter cluster needs no election timeout
+            self._call(lambda raft: raft.campaign())  # a single voter needs no election timeout
         self._log("started", voters=list(self.conf.voters), applied=self.applied_index)
 
     async def stop(self, transfer: bool = True) -> None:
@@ -257,23 +272,15 @@ class Node:
         if transfer and self.is_leader and len(self.conf.voters) > 1 and self.failure is None:
             with contextlib.suppress(RaftSQLError, asyncio.TimeoutError):
                 await self.transfer_leadership(None, timeout=2.0)
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
+        self._halt(NodeStoppedError())
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._fail_waiters(LeadershipLostError("node stopped"))
-        if self._transport:
-            await self._transport.close()
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners = []
+        await self._transport.close()
         self._applier.close()
-        self._persist_pool.shutdown(wait=True)
+        self._persist.shutdown()
         self._reads.close()
-        if self._sm is not None:
-            self._sm.close()
+        self.database.close()
         if self._storage is not None:
             unsynced = self._order.unsynced if self._order is not None else None
             if unsynced is not None and self.failure is None:
@@ -286,62 +293,54 @@ class Node:
         """Returns if the node hits a fatal error (its `failure`); it then serves nothing."""
         await self._failed.wait()
 
+    def _halt(self, exc: Exception) -> None:
+        self._stopping = True
+        self._applier.halt()
+        for task in self._tasks:
+            task.cancel()
+        self._proposals.fail_all(exc)
+        self._reads.fail(exc)
+        self._applied.fail(exc)
+
+    def _fail(self, e: BaseException) -> None:
+        """A storage or state machine failure is fatal: never retry, never go on."""
+        if self.failure is not None:
+            return
+        log.critical("node=%s fatal error, stopping: %r", self.node_id, e, exc_info=e)
+        self.failure = e if isinstance(e, Exception) else RaftSQLError(repr(e))
+        self._halt(NodeStoppedError("node failed"))
+        self._failed.set()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(
+            coro, name=f"{name}-{self.node_id}"))
+
     # ---- requests -----------------------------------------------------------------
 
     async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]:
         """Replicate `data`; return the state machine's result and the entry's index."""
-        fut: asyncio.Future[tuple[Any, int]] = asyncio.get_running_loop().create_future()
+        return await self._proposal(lambda raft: raft.propose(data), timeout, None)
 
-        def run() -> None:
-            assert self._raft is not None
-            index = self._raft.propose(data) if self.is_leader else None
-            if index is None:
-                self._set_exception(fut, self._not_leader())
-            else:
-                self._proposals[index] = (self._raft.term, fut)
-
-        self._call(run)
-        return await self._deadlines.add(fut, timeout)
-
-    async def execute(
-        self, statements: list[Any], *, transaction: bool = False, op: str = "execute",
-        timeout: float = 30.0, db_timeout: float = 0.0, qualify: bool = False,
-    ) -> tuple[list[StatementResult], int]:
-        from raftsql.sql.session import steps_for
-
-        # The proposing leader fixes the entry's time, seed, foreign keys and step limit, so
-        # apply is deterministic.
-        command = Command.new(op, statements, transaction, fk=self.config.fk,
-                              max_steps=steps_for(db_timeout), qualify=qualify)
-        result, index = await self.propose(command.encode(), timeout)
-        if isinstance(result, Exception):
-            raise result
-        return result, index
-
-    async def read_barrier(self, level: str, timeout: float = 10.0) -> None:
-        """weak: this node believes it leads; linearizable: ReadIndex, then wait for apply
-        (see Reads.barrier)."""
+    async def read_barrier(self, linearizable: bool, timeout: float = 10.0) -> None:
+        """This node leads (else NotLeaderError); if `linearizable`, it has also confirmed
+        with a quorum that it still does (ReadIndex) and applied everything committed
+        before the call."""
         if not self.is_leader:
             raise self._not_leader()
-        if level == "weak":
-            return
-        await self._reads.barrier(timeout)
+        if linearizable:
+            await self._reads.barrier(timeout)
 
-    async def query(self, statements: list[Any], options: ReadOptions | None = None
-                    ) -> list[StatementResult]:
-        """Run read-only statements on the state machine's read connections (see Reads.query)."""
-        return await self._reads.query(statements, options or ReadOptions())
+    async def query(self, *request: Any) -> Any:
+        """Run a read on the state machine's read side (its `query(*request)`)."""
+        return await self._reads.query(*request)
 
     async def snapshot(self) -> bool:
         """Snapshot the state machine and compact the log now; False if the latest snapshot
         already holds everything applied."""
-        if self._stopping:
-            raise RaftSQLError("node stopped")
         return await self._applier.snapshot_now()
 
-    async def add_member(
-        self, node_id: str, raft_addr: str, api_url: str, voter: bool = True, timeout: float = 10.0
-    ) -> None:
+    async def add_member(self, node_id: str, raft_addr: str, api_url: str, voter: bool = True,
+                         timeout: float = 10.0) -> None:
         await self._membership.add(node_id, raft_addr, api_url, voter, timeout)
 
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
@@ -352,37 +351,61 @@ class Node:
             raise self._not_leader()
         if target is not None and target not in self.conf.voters:
             raise ClusterError(f"node {target} is not a voter")
-        ok = asyncio.get_running_loop().create_future()
-        self._call(lambda: ok.set_result(self._raft.transfer_leadership(target)))  # type: ignore[union-attr]
+        ok: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._call(lambda raft: ok.set_result(raft.transfer_leadership(target)))
         if not await ok:
-            raise ClusterError("leadership transfer refused")
-        async with asyncio.timeout(timeout):
-            while self.leader_id in (self.node_id, None) or (target and self.leader_id != target):
-                await asyncio.sleep(0.02)
+            raise ClusterError("leadership transfer refused", 503)
+        moved = asyncio.get_running_loop().create_future()
+        self._leader_waiters.append((lambda: self.leader_id not in (self.node_id, None) and (
+            target is None or self.leader_id == target), moved))
+        await self._deadlines.add(moved, timeout)
+
+    async def _change_conf(self, cc: ConfChange, timeout: float) -> None:
+        refused = ClusterError("membership change refused: another change is in progress, or "
+                               "the leader has not yet committed an entry of its term", 503)
+        await self._proposal(lambda raft: raft.propose_conf_change(cc), timeout, refused)
+
+    async def _proposal(self, propose: Callable[[Raft], int | None], timeout: float,
+                        refused: Exception | None) -> Any:
+        """Propose on the loop (None from the core: not leader, or `refused`); wait for the
+        entry to be applied."""
+        if not self.is_leader:
+            raise self._not_leader()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def run(raft: Raft) -> None:
+            index = propose(raft) if self.is_leader else None
+            if index is not None:
+                self._proposals.add(index, raft.term, fut)
+            elif not fut.done():
+                fut.set_exception(refused if refused is not None and self.is_leader
+                                  else self._not_leader())
+
+        self._call(run)
+        return await self._deadlines.add(fut, timeout)
 
     # ---- the Raft loop ------------------------------------------------------------
 
-    def _call(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the Raft loop, between two Readys (the only place the core is touched)."""
+    def _call(self, fn: Callable[[Raft], None]) -> None:
+        """Run `fn(raft)` on the loop, between two Readies (the only place the core is used)."""
         self._calls.append(fn)
         self._wake.set()
 
     def _deliver(self, messages: list[Message]) -> None:
         leader = self.leader_id
         for m in messages:
-            if m.frm == leader or m.type in (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT):
-                self._last_contact = time.monotonic()
+            if m.frm == leader or m.type in _LEADER_MESSAGES:
+                self._last_contact = self._clock.now()
         self._inbox.extend(messages)
         self._wake.set()
 
     async def _ticker(self) -> None:
         interval = self.config.heartbeat_ms / 1000
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
             self._ticks += 1
             self._wake.set()
-            self._deadlines.expire(loop.time())
+            self._deadlines.expire()
 
     async def _run(self) -> None:
         try:
@@ -391,18 +414,6 @@ class Node:
             raise
         except Exception as e:
             self._fail(e)
-
-    def _fail(self, e: BaseException) -> None:
-        """A storage or state machine failure is fatal: never retry, never go on."""
-        if self.failure is not None:
-            return
-        log.critical("node=%s fatal error, stopping: %r", self.node_id, e, exc_info=e)
-        self.failure = e if isinstance(e, Exception) else RaftSQLError(repr(e))
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        self._fail_waiters(LeadershipLostError("node failed"))
-        self._failed.set()
 
     async def _loop(self) -> None:
         raft = self._raft
@@ -429,31 +440,32 @@ class Node:
             raft.tick()
         calls, self._calls = self._calls, []
         for fn in calls:
-            fn()
+            fn(raft)
 
     async def _handle_ready(self, rd: Ready) -> None:
         """Carry out the Ready's effects, in the one order (raftsql/raft/order.py)."""
         assert self._order is not None
+        leads = (rd.soft_state.role if rd.soft_state else self.role) is Role.LEADER
         writing: asyncio.Future[Any] | None = None
-        for effect in self._order.effects(rd, self._leads(rd)):
+        for effect in self._order.effects(rd, leads):
             if isinstance(effect, Send):
-                self._send(effect.messages)
+                self._transport.send(effect.messages)
             elif isinstance(effect, Apply):
-                self._apply(effect)
+                if effect.snapshot is not None:
+                    self._applier.queue(Work.RESTORE, effect.snapshot)
+                if effect.entries:
+                    self.book.note_conf_entries(effect.entries)
+                    self._applier.queue(Work.APPLY, effect.entries)
             elif isinstance(effect, Persist):
                 writing = self._start_persist(effect)
             elif isinstance(effect, Synced):
                 if writing is not None:
                     await writing
-                self._membership.note_conf_entries(effect.persist.entries)
+                self.book.note_conf_entries(effect.persist.entries)
             elif isinstance(effect, Serve):
                 self._reads.on_read_states(effect.read_states)
             else:
                 self._on_soft_state(effect.soft_state.role, effect.soft_state.leader_id)
-
-    def _leads(self, rd: Ready) -> bool:
-        """Whether this node leads as of `rd` (its soft state, if it has one, is news)."""
-        return (rd.soft_state.role if rd.soft_state is not None else self.role) is Role.LEADER
 
     def _start_persist(self, persist: Persist) -> asyncio.Future[Any] | None:
         """A leader writes on its persist thread: the appends it sends meanwhile wake the
@@ -462,25 +474,12 @@ class Node:
         thread hop costs more than the fsync on a small machine: docs/performance.md), except
         a snapshot, or a write queued behind one, which goes through the thread, in order.
         None: already durable."""
-        if self.is_leader or persist.snapshot is not None or self._persisting:
-            return self._submit_persist(self._write, persist)
-        self._write(persist)
+        storage = self._storage
+        assert storage is not None
+        if self.is_leader or persist.snapshot is not None or self._persist.busy:
+            return self._persist.submit(write_persist, storage, persist)
+        write_persist(storage, persist)
         return None
-
-    def _apply(self, apply: Apply) -> None:
-        if apply.snapshot is not None:
-            self._applier.queue("restore", apply.snapshot)
-        if apply.entries:
-            self._membership.note_conf_entries(apply.entries)
-            self._applier.queue("apply", apply.entries)
-
-    def _write(self, persist: Persist) -> None:
-        assert self._storage is not None
-        write_persist(self._storage, persist)
-
-    def _send(self, messages: list[Message]) -> None:
-        assert self._transport is not None
-        self._transport.send(messages)
 
     def _on_soft_state(self, role: Role, leader_id: str | None) -> None:
         was_leader = self.is_leader
@@ -488,57 +487,40 @@ class Node:
             self._log("state", role=role.value, leader=leader_id)
         self.role, self.leader_id = role, leader_id
         if leader_id is not None and leader_id != self.node_id:
-            self._last_contact = time.monotonic()
+            self._last_contact = self._clock.now()
         if was_leader and role is not Role.LEADER:
-            self._fail_uncommitted(LeadershipLostError())
-
-    def _fail_uncommitted(self, exc: Exception) -> None:
-        """Leadership was lost: proposals not known to be committed have an unknown outcome.
-        Those at or below the commit index (a leader's own removal, say) are committed, and
-        complete as usual when this node applies them."""
-        commit = self.commit_index
-        for index in [i for i in self._proposals if i > commit]:
-            self._set_exception(self._proposals.pop(index)[1], exc)
-        self._reads.fail(exc)
-
-    def _fail_waiters(self, exc: Exception) -> None:
-        for _, fut in self._proposals.values():
-            self._set_exception(fut, exc)
-        self._proposals.clear()
-        self._reads.fail(exc)
-
-    # ---- applying (raftsql/applier.py does the work) -----------------------------
-
-    def _complete_proposals(self, entries: Sequence[Entry], results: dict[int, Any]) -> None:
-        for e in entries:
-            waiting = self._proposals.pop(e.index, None)
-            if waiting is None:
-                continue
-            term, fut = waiting
+            exc = LeadershipLostError()
+            self._proposals.fail_uncommitted(self.commit_index, exc)
+            self._reads.fail(exc)
+        waiting, self._leader_waiters = self._leader_waiters, []
+        for done, fut in waiting:
             if fut.done():
                 continue
-            if term != e.term:  # another leader's entry took this index: ours was lost
-                fut.set_exception(LeadershipLostError())
+            if done():
+                fut.set_result(None)
             else:
-                fut.set_result((results.get(e.index), e.index))
+                self._leader_waiters.append((done, fut))
 
-    def _set_applied(self, index: int) -> None:
-        self.applied_index = index
-        self._reads.applied_waiters.release(index)
+    async def _save_snapshot(self, index: int, term: int, data: bytes) -> None:
+        """The applier saved the state machine at `index`: store it, compact the log."""
+        raft, storage = self._raft, self._storage
+        assert raft is not None and storage is not None
+        meta = SnapshotMeta(index, term, raft.conf_at(index))
+        await self._persist.run(storage.save_snapshot, Snapshot(meta, data))
+        self._call(lambda raft: raft.compact(index, term))
+        self._log("snapshot taken", index=index)
 
-    # ---- recovery -----------------------------------------------------------------
+    # ---- helpers ------------------------------------------------------------------
 
-    def _make_raft(self, bootstrap: bool) -> Raft:
+    def _make_raft(self, storage: Storage, bootstrap: bool) -> Raft:
         """The core, from what storage holds; `bootstrap`: as an initial member of a new
         cluster (its membership entries carry the members' Raft addresses)."""
-        storage = self._storage
-        assert storage is not None
         ticks = max(2, round(self.config.election_ms / self.config.heartbeat_ms))
         entries = storage.entries()
-        self._membership.note_conf_entries(entries)
+        self.book.note_conf_entries(entries)
         initial, context = None, None
         if bootstrap:
-            members = self.config.initial_cluster or {self.node_id: self.config.advertised_raft_addr}
+            members = self.config.initial_cluster or {self.node_id: self.book.raft_addr}
             if self.node_id not in members:
                 raise ClusterError(f"--initial-cluster does not list this node ({self.node_id})")
             initial = ConfState(voters=tuple(sorted(members)))
@@ -550,56 +532,10 @@ class Node:
             initial_context=context,
         )
 
-    # ---- helpers ------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        assert self._transport is not None
-        api_app = self._api(self) if self._api else None
-        raft_addr = self.config.raft_addr
-        if api_app is None or (raft_addr and raft_addr != self.config.http_addr):
-            raft_app = web.Application()
-            self._transport.add_routes(raft_app)
-            await self._serve(raft_app, raft_addr or self.config.http_addr)
-        else:
-            self._transport.add_routes(api_app)
-        if api_app is not None:
-            await self._serve(api_app, self.config.http_addr)
-
-    async def _serve(self, app: web.Application, addr: str) -> None:
-        host, _, port = addr.rpartition(":")
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), reuse_address=True).start()
-        self._runners.append(runner)
-
-    async def _in_persist(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn` on the persist thread (in submission order)."""
-        return await self._submit_persist(fn, *args)
-
-    def _submit_persist(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        self._persist_submitted += 1  # only ever written here, on the loop thread
-
-        def job() -> Any:
-            try:
-                return fn(*args)
-            finally:
-                self._persist_finished += 1  # only ever written here, on the persist thread
-
-        return asyncio.get_running_loop().run_in_executor(self._persist_pool, job)
-
-    @property
-    def _persisting(self) -> bool:
-        """Whether the persist thread has work: storage is touched by one thread at a time."""
-        return self._persist_submitted != self._persist_finished
-
     def _not_leader(self) -> NotLeaderError:
-        return NotLeaderError(self.leader_id if self.leader_id != self.node_id else None,
-                              self.leader_api_url() if self.leader_id != self.node_id else None)
-
-    @staticmethod
-    def _set_exception(fut: asyncio.Future[Any], exc: Exception) -> None:
-        if not fut.done():
-            fut.set_exception(exc)
+        if self.leader_id is None or self.leader_id == self.node_id:
+            return NotLeaderError(None, None)
+        return NotLeaderError(self.leader_id, self.leader_api_url())
 
     def _log(self, event: str, **fields: Any) -> None:
         extra = " ".join(f"{k}={v}" for k, v in fields.items())

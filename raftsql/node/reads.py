@@ -2,7 +2,9 @@
 
 Reads do not go through the log. A linearizable read asks the leader's core for a read index
 (one request for every read that arrived meanwhile) and waits until it is applied; the query
-then runs on the loop when it is quick, else on a read thread.
+then runs on the loop when it is quick, else on a read thread. What a query is, the driver
+does not know: its arguments go to the state machine's `query_within(*request, seconds)` and
+`query(*request)` as they came.
 """
 
 from __future__ import annotations
@@ -10,38 +12,46 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from raftsql.errors import RaftSQLError
-from raftsql.node.applier import INLINE_BACKOFF, INLINE_BUDGET
-from raftsql.node.waiting import Waiters
+from raftsql.node.applier import INLINE_BACKOFF, INLINE_BUDGET, StateMachine
+from raftsql.node.waiting import Applied, Deadlines
+from raftsql.raft.core import Raft
 from raftsql.raft.messages import ReadState
-from raftsql.sql.command import ReadOptions, StatementResult
-
-if TYPE_CHECKING:
-    from raftsql.node.node import Node
 
 _QUERY_THREADS = 4  # read threads (the state machine keeps as many read connections)
 _QUERY_SLICE = 0.002  # seconds a read thread works on a batch before sharing the rest
 
+Call = Callable[[Callable[[Raft], None]], None]
+
 
 class Reads:
-    """One node's read path: its ReadIndex requests, read threads and query backlog."""
+    """One node's read path: its ReadIndex requests, read threads and query backlog.
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self.applied_waiters = Waiters()
+    `call(fn)` runs `fn(raft)` on the Raft loop; `not_leader()` is the error for a read this
+    node cannot serve."""
+
+    def __init__(self, sm: StateMachine, *, name: str, call: Call,
+                 not_leader: Callable[[], Exception], deadlines: Deadlines,
+                 applied: Applied) -> None:
+        self._sm = sm
+        self._call = call
+        self._not_leader = not_leader
+        self._deadlines = deadlines
+        self._applied = applied
         self._waiters: list[asyncio.Future[int]] = []  # for the next ReadIndex request
         self._pending: dict[bytes, list[asyncio.Future[int]]] = {}  # ReadIndex context -> waiters
         self.seq = 0
         self.inline_off_until = 0.0  # loop time until which no query runs inline
-        self._pool = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix=f"query-{node.node_id}")
-        self._backlog: collections.deque[tuple[list[Any], ReadOptions, asyncio.Future[Any]]] = (
+        self._pool = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix=f"query-{name}")
+        self._backlog: collections.deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = (
             collections.deque())
         self._jobs = 0  # read threads working through the backlog
         self._start_scheduled = False
+        self._closed = False
 
     # ---- ReadIndex ----------------------------------------------------------------
 
@@ -52,27 +62,24 @@ class Reads:
         each of them arrived before the read index was taken, which is all that
         linearizability asks (dissertation §6.4).
         """
-        node = self._node
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         fut: asyncio.Future[int] = loop.create_future()
         if not self._waiters:
-            node._call(self._request_read_index)
+            self._call(self._request_read_index)
         self._waiters.append(fut)
-        index = await node._deadlines.add(fut, timeout)
-        if node.applied_index < index:
-            await node._deadlines.add(self.applied_waiters.add(index), deadline - loop.time())
+        index = await self._deadlines.add(fut, timeout)
+        if self._applied.index < index:
+            await self._deadlines.add(self._applied.wait(index), deadline - loop.time())
 
-    def _request_read_index(self) -> None:
-        node = self._node
-        assert node._raft is not None
+    def _request_read_index(self, raft: Raft) -> None:
         waiters, self._waiters = self._waiters, []
         self.seq += 1
         ctx = self.seq.to_bytes(8, "big")
-        if node._raft.read_index(ctx):
+        if raft.read_index(ctx):
             self._pending[ctx] = waiters
             return
-        exc = node._not_leader()
+        exc = self._not_leader()
         for fut in waiters:
             _set_exception(fut, exc)
 
@@ -92,62 +99,62 @@ class Reads:
 
     # ---- queries ------------------------------------------------------------------
 
-    async def query(self, statements: list[Any], options: ReadOptions) -> list[StatementResult]:
-        """Run read-only statements on the state machine's read connections.
+    async def query(self, *request: Any) -> Any:
+        """Run a read on the state machine's read connections.
 
-        On the loop itself when they finish within INLINE_BUDGET (as for applying, see
+        On the loop itself when it finishes within INLINE_BUDGET (as for applying, see
         Applier._apply_inline); otherwise on a read thread. Queries that wait for a thread
         together go to it together: one thread hop for the batch, not one per query. A thread
         that has spent `_QUERY_SLICE` seconds on its batch lets another thread take the rest,
         so a slow query holds up few others.
         """
         loop = asyncio.get_running_loop()
-        query_within = getattr(self._node._sm, "query_within", None)
+        query_within = getattr(self._sm, "query_within", None)
         if query_within is not None and loop.time() >= self.inline_off_until:
             # Most queries take microseconds: run them here, unless it takes longer (or no
-            # read connection is free: then only the threads are waited for).
+            # read connection is free right now: then only the threads are waited for).
             started = loop.time()
-            results = query_within(statements, options, INLINE_BUDGET)
+            results = query_within(*request, INLINE_BUDGET)
             if results is not None:
-                return results  # type: ignore[no-any-return]
+                return results
             if loop.time() - started >= INLINE_BUDGET:
                 self.inline_off_until = loop.time() + INLINE_BACKOFF
-        fut: asyncio.Future[list[StatementResult]] = loop.create_future()
-        self._backlog.append((statements, options, fut))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._backlog.append((request, fut))
         if not self._start_scheduled:
             self._start_scheduled = True
             loop.call_soon(self._start_jobs)
         return await fut
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=True)
-        for _, _, fut in self._backlog:
+        for _, fut in self._backlog:
             _set_exception(fut, RaftSQLError("node stopped"))
         self._backlog.clear()
 
     def _start_jobs(self) -> None:
         self._start_scheduled = False
-        if self._backlog and self._jobs < _QUERY_THREADS and not self._node._stopping:
+        if self._backlog and self._jobs < _QUERY_THREADS and not self._closed:
             self._jobs += 1
             self._pool.submit(self._run_queries, asyncio.get_running_loop())
 
     def _run_queries(self, loop: asyncio.AbstractEventLoop) -> None:
         """On a read thread: run queued queries until none is left."""
-        assert self._node._sm is not None
-        query = self._node._sm.query  # type: ignore[attr-defined]
+        query = self._sm.query  # type: ignore[attr-defined]
         backlog = self._backlog
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         started = time.monotonic()
         try:
             while backlog:
                 try:
-                    statements, options, fut = backlog.popleft()
+                    request, fut = backlog.popleft()
                 except IndexError:
                     break
                 if fut.done():
                     continue  # its client went away
                 try:
-                    done.append((fut, query(statements, options), None))
+                    done.append((fut, query(*request), None))
                 except Exception as e:
                     done.append((fut, None, e))
                 if backlog and time.monotonic() - started > _QUERY_SLICE:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from raftsql.raft import progress as tracker
 from raftsql.raft.log import RaftLog
 from raftsql.raft.messages import (
     ConfChange,
+    Config,
     ConfState,
     Entry,
     EntryType,
@@ -43,22 +44,6 @@ _LOCAL = frozenset({MT.HUP, MT.BEAT, MT.PROPOSE, MT.TRANSFER_LEADER, MT.READ_IND
 _FROM_LEADER = frozenset({MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT})
 _NO_HARD_STATE = HardState()
 _NO_SNAPSHOT = SnapshotMeta()
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    election_ticks: int = 10  # randomized election timeout drawn from [election_ticks, 2*election_ticks)
-    heartbeat_ticks: int = 1
-    max_entries_per_msg: int = 1024  # batching: many entries per APPEND
-    max_inflight: int = 2  # APPEND batches in flight per follower in replicate state
-    pre_vote: bool = True
-    check_quorum: bool = True
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
-            raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
-        if self.max_entries_per_msg < 1 or self.max_inflight < 1:
-            raise ValueError("max_entries_per_msg and max_inflight must be >= 1")
 
 
 class Raft:

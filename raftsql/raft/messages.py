@@ -148,3 +148,19 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    election_ticks: int = 10  # randomized election timeout drawn from [election_ticks, 2*election_ticks)
+    heartbeat_ticks: int = 1
+    max_entries_per_msg: int = 1024  # batching: many entries per APPEND
+    max_inflight: int = 2  # APPEND batches in flight per follower in replicate state
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.max_entries_per_msg < 1 or self.max_inflight < 1:
+            raise ValueError("max_entries_per_msg and max_inflight must be >= 1")

@@ -22,20 +22,17 @@ _PRAGMA_READ = re.compile(r"\s*PRAGMA\s+[^=]*$", re.IGNORECASE | re.DOTALL)
 
 
 class Classifier:
-    """Prepares statements on its own read-only connection to the node's database file."""
+    """Prepares statements on its own read-only connection to the database file at `path`."""
 
-    def __init__(self, node: Any = None):
-        self._node = node
+    def __init__(self, path: str):
+        self._path = path
         self._conn: apsw.Connection | None = None
         self._pragma_reads = False
 
     def _connection(self) -> apsw.Connection | None:
         if self._conn is None:
-            path = getattr(getattr(self._node, "database", None), "path", None)
-            if not path:
-                return None
             try:
-                self._conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+                self._conn = apsw.Connection(self._path, flags=apsw.SQLITE_OPEN_READONLY)
             except apsw.Error:
                 return None
             self._conn.authorizer = self._authorize

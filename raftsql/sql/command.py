@@ -7,6 +7,7 @@ apply time.
 
 from __future__ import annotations
 
+import enum
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,9 +18,15 @@ import orjson
 COMMAND_VERSION = 1
 
 
+class Op(enum.StrEnum):
+    EXECUTE = "execute"  # writes: rows only from RETURNING
+    REQUEST = "request"  # mixed (/db/request): rows from every statement that has columns
+    QUERY = "query"  # a strong read through the log: a statement that writes is refused
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
-    op: str  # "execute" (writes), "request" (mixed), "query" (a strong read through the log)
+    op: Op
     statements: list[Any]  # rqlite body elements: "SQL" or ["SQL", params...]
     transaction: bool = False
     time_ms: int = 0  # the leader's wall clock: what datetime('now') sees on every node
@@ -31,13 +38,13 @@ class Command:
     qualify: bool = False  # qualify_columns: row results name columns table.column
 
     @classmethod
-    def new(cls, op: str, statements: list[Any], transaction: bool = False, **flags: Any) -> Command:
+    def new(cls, op: Op, statements: list[Any], transaction: bool = False, **flags: Any) -> Command:
         """A command as the leader proposes it: its clock and a fresh seed fix the entry."""
         return cls(op, statements, transaction, int(time.time() * 1000), random.getrandbits(63),
                    **flags)
 
     def encode(self) -> bytes:
-        d: dict[str, Any] = {"v": COMMAND_VERSION, "op": self.op, "stmts": self.statements,
+        d: dict[str, Any] = {"v": COMMAND_VERSION, "op": str(self.op), "stmts": self.statements,
                              "tx": self.transaction, "t": self.time_ms, "r": self.seed}
         if self.fk:
             d["fk"] = True
@@ -52,7 +59,7 @@ class Command:
         d = orjson.loads(data)
         if d.get("v") != COMMAND_VERSION:
             raise ValueError(f"unsupported command version {d.get('v')!r}")
-        return cls(d["op"], d["stmts"], d["tx"], d["t"], d["r"], d.get("fk", False),
+        return cls(Op(d["op"]), d["stmts"], d["tx"], d["t"], d["r"], d.get("fk", False),
                    d.get("st", 0), d.get("qc", False))
 
 

@@ -47,10 +47,7 @@ from its own PRNG, which apsw gives no way to seed; those rowids differ between 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
-import queue
-import random
 import re
 import shutil
 import threading
@@ -61,28 +58,26 @@ from typing import Any
 
 import apsw
 
-from raftsql.errors import RaftSQLError, StorageError
+from raftsql.errors import StorageError
 from raftsql.sql.command import Command, ReadOptions, StatementResult
+from raftsql.sql.determinism import JULIAN_UNIX_EPOCH_MS, ClockVFS, EntryRandom
 from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
+from raftsql.sql.readers import Readers
 from raftsql.sql.session import (
     LOCAL_ERRORS,
     OP_MODES,
     QUERY_WRITE_ERROR,
     Limits,
     Session,
-    run_reads,
 )
 
 __all__ = ["BadStatementError", "Database", "QUERY_WRITE_ERROR", "disallowed_pragma",
            "validate_statements"]
 
 # Unix epoch as a Julian day number, in ms: what xCurrentTimeInt64 adds to an entry's time_ms.
-JULIAN_UNIX_EPOCH_MS = 210866760000000
 
 _VACUUM = re.compile(r"\s*vacuum(?:\s+main)?\s*;?\s*", re.IGNORECASE)
-_LEADING_INT = re.compile(r"\s*[+-]?\d+")
 _KEEP = object()  # _Replay.rng_state: the statement leaves the PRNG as it is
-_vfs_ids = itertools.count(1)
 CHECKPOINT_PAGES = 1000  # WAL pages after which apply() checkpoints (SQLite's own default)
 _READ = ReadOptions()
 INDEX_MODULUS = 1 << 32  # the header field holding the applied index has 32 bits
@@ -105,21 +100,6 @@ def resolve_index(stored: int, log_end: int | None) -> int:
         raise ValueError(f"the database has applied log index {stored}, the log ends at "
                          f"{log_end}")
     return log_end - (log_end - stored) % INDEX_MODULUS
-
-
-class _ClockVFS(apsw.VFS):
-    """The default VFS, except that 'now' is the time of the entry being applied."""
-
-    def __init__(self, name: str):
-        self.vfs_name = name
-        self.now_ms = JULIAN_UNIX_EPOCH_MS  # before the first entry: 1970, never the local clock
-        super().__init__(name, "")
-
-    def xCurrentTimeInt64(self) -> int:  # noqa: N802 (SQLite's name)
-        return self.now_ms
-
-    def xCurrentTime(self) -> float:  # noqa: N802
-        return self.now_ms / 86400000.0
 
 
 @dataclass(slots=True)
@@ -159,9 +139,7 @@ class _Batch:
 
 
 def _decode_command(data: Any) -> Command:
-    cmd = Command.decode(data)
-    if cmd.op not in OP_MODES:
-        raise ValueError(f"unknown op {cmd.op!r}")
+    cmd = Command.decode(data)  # an unknown op is a ValueError too
     if type(cmd.statements) is not list:
         raise ValueError("statements must be a list")
     if type(cmd.time_ms) is not int or not 0 <= cmd.time_ms + JULIAN_UNIX_EPOCH_MS < 1 << 63:
@@ -182,43 +160,32 @@ class Database:
     read-only connections of their own.
     """
 
-    def __init__(self, path: str, *, readers: int = 4, fk: bool = False,
-                 log_end: int | None = None):
+    def __init__(self, path: str, *, readers: int = 4, fk: bool = False):
         """`fk`: this node's --fk, for its read connections (what apply enforces is what each
-        command says). `log_end`: the Raft log's last index, to resolve the stored applied
-        index (see the module docstring); None when there is no log."""
+        command says)."""
         self.path = os.path.abspath(path)
         self._lock = threading.Lock()
-        self._vfs = _ClockVFS(f"raftsql-clock-{os.getpid()}-{next(_vfs_ids)}")
-        self._rng: random.Random | None = None
-        self._seed = 0
+        self._vfs = ClockVFS()
         self._wal_pages = 0
         self._fk = False  # foreign_keys on the write connection (SQLite's default)
-        self._reader_fk = fk
         try:
             self._writer = Session(self._open_writer(), writer=True)
+            self._rand = EntryRandom(lambda: self._writer.conn.limit(apsw.SQLITE_LIMIT_LENGTH))
             self._limits: Limits = self._writer.limits
             # Tracking the WAL's size turns SQLite's automatic checkpoint off: apply() and
             # checkpoint() do it instead, never apply_within() (a checkpoint can't be bounded).
             self._writer.conn.set_wal_hook(self._on_wal_commit)
             self._register_functions()
-            stored = self._writer.exec_control("PRAGMA application_id")[0][0]
-            self._applied = resolve_index(stored, log_end)
-        except BaseException as e:
-            with contextlib.suppress(AttributeError):
-                self._writer.conn.close()
+            self._stored_index = self._writer.exec_control("PRAGMA application_id")[0][0]
+        except BaseException:
             self._vfs.unregister()
-            if isinstance(e, ValueError):  # a database from elsewhere, not from this log
-                raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from e
             raise
+        self._applied = resolve_index(self._stored_index, None)
         self._dirty = False  # mark_applied() raised _applied past what the header holds
         # When the leader wrote the last command applied (its clock): how old the data is,
         # for freshness_strict. None until a command is applied.
         self.applied_time_ms: int | None = None
-        self._readers: queue.SimpleQueue[Session] = queue.SimpleQueue()
-        self._reader_count = 0
-        self._max_readers = readers
-        self._pool_lock = threading.Lock()
+        self._readers = Readers(self.path, readers, fk)
         self._closed = False
 
     # ---- opening
@@ -236,38 +203,24 @@ class Database:
     def _register_functions(self) -> None:
         conn = self._writer.conn
         # Not deterministic to SQLite: ORDER BY random() must draw once per row.
-        conn.create_scalar_function("random", self._random, 0)
-        conn.create_scalar_function("randomblob", self._randomblob, 1)
+        conn.create_scalar_function("random", self._rand.random, 0)
+        conn.create_scalar_function("randomblob", self._rand.randomblob, 1)
         # The counters of the command, not of the connection (raftsql/sqlsession.py).
         conn.create_scalar_function("changes", self._writer.changes, 0)
         conn.create_scalar_function("total_changes", self._writer.total_changes, 0)
-
-    def _open_reader(self) -> Session:
-        conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
-        if self._reader_fk:
-            conn.execute("PRAGMA foreign_keys=ON")  # so that reading the pragma says so
-        return Session(conn, writer=False)
 
     def _on_wal_commit(self, conn: apsw.Connection, name: str, pages: int) -> int:
         self._wal_pages = pages
         return apsw.SQLITE_OK
 
-    # ---- deterministic functions
-
-    def _entry_rng(self) -> random.Random:
-        rng = self._rng
-        if rng is None:  # most entries draw nothing: seed lazily
-            rng = self._rng = random.Random(self._seed & 0xFFFFFFFFFFFFFFFF)
-        return rng
-
-    def _random(self) -> int:
-        return self._entry_rng().getrandbits(64) - (1 << 63)
-
-    def _randomblob(self, n: Any) -> bytes:
-        size = _sqlite_int(n)
-        if size > self._writer.conn.limit(apsw.SQLITE_LIMIT_LENGTH):
-            raise apsw.TooBigError("string or blob too big")
-        return self._entry_rng().randbytes(max(size, 1))
+    def recover(self, log_end: int) -> None:
+        """The driver, at start: the Raft log ends at `log_end`. The applied index is
+        resolved against it (see the module docstring); a database that claims more than the
+        log holds comes from elsewhere and is refused (StorageError)."""
+        try:
+            self._applied = resolve_index(self._stored_index, log_end)
+        except ValueError as e:
+            raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from None
 
     # ---- applying committed entries
 
@@ -421,10 +374,9 @@ class Database:
             return [StatementResult(error=f"invalid command: {e}")]
         if cmd.fk != self._fk:
             self._set_foreign_keys(batch, cmd.fk)
-        self._vfs.now_ms = cmd.time_ms + JULIAN_UNIX_EPOCH_MS
+        self._vfs.set_entry_time(cmd.time_ms)
         self.applied_time_ms = cmd.time_ms
-        self._seed = cmd.seed
-        self._rng = None
+        self._rand.reseed(cmd.seed)
         self._writer.start_command(cmd.max_steps, cmd.qualify)
         mode = OP_MODES[cmd.op]
         if cmd.transaction:
@@ -476,17 +428,13 @@ class Database:
         if budget.spent:
             raise _OverBudget  # the statement was interrupted: its error is not its outcome
         if result.error is not None and not self._writer.conn.in_transaction:
-            rng = self._rng
-            replay = _Replay(result, rng.getstate() if rng else None)
+            replay = _Replay(result, self._rand.state)
             raise _TransactionLost((pos, j), replay)
         return result
 
     def _replay(self, replay: _Replay) -> StatementResult:
         if replay.rng_state is not _KEEP:
-            self._rng = None
-            if replay.rng_state is not None:
-                self._rng = random.Random()
-                self._rng.setstate(replay.rng_state)
+            self._rand.set_state(replay.rng_state)
         return replay.result
 
     def _vacuum(self) -> StatementResult:
@@ -506,71 +454,13 @@ class Database:
     # ---- reads
 
     def query(self, stmts: list[Any], options: ReadOptions = _READ) -> list[StatementResult]:
-        """Run reads on a read-only connection of the pool (any thread).
-
-        A statement that writes fails with rqlite's "attempt to change database via query
-        operation". With `transaction` the reads share one snapshot and stop at the first error.
-        """
-        session = self._acquire_reader()
-        try:
-            return run_reads(session, stmts, options)
-        finally:
-            self._release_reader(session)
+        """Reads on a read-only connection (any thread): see Readers.query."""
+        return self._readers.query(stmts, options)
 
     def query_within(self, stmts: list[Any], options: ReadOptions, seconds: float
                      ) -> list[StatementResult] | None:
-        """query(), for a caller that must not be held up longer than `seconds` (an event
-        loop): None if it would take longer, or if no read connection is free right now."""
-        session = self._try_acquire_reader()
-        if session is None:
-            return None
-        budget = session.limits
-        budget.start(seconds)
-        try:
-            results = run_reads(session, stmts, options)
-            return None if budget.spent else results  # spent: a statement was interrupted
-        finally:
-            budget.stop()
-            self._release_reader(session)
-
-    def _try_acquire_reader(self) -> Session | None:
-        if self._closed:
-            raise RaftSQLError("store not open")
-        with contextlib.suppress(queue.Empty):
-            return self._readers.get_nowait()
-        with self._pool_lock:
-            if self._reader_count >= self._max_readers:
-                return None
-            self._reader_count += 1
-        try:
-            return self._open_reader()
-        except BaseException:
-            with self._pool_lock:
-                self._reader_count -= 1
-            raise
-
-    def _acquire_reader(self) -> Session:
-        if self._closed:
-            raise RaftSQLError("store not open")
-        with contextlib.suppress(queue.Empty):
-            return self._readers.get_nowait()
-        with self._pool_lock:
-            grow = self._reader_count < self._max_readers
-            self._reader_count += grow
-        if not grow:
-            return self._readers.get()
-        try:
-            return self._open_reader()
-        except BaseException:
-            with self._pool_lock:
-                self._reader_count -= 1
-            raise
-
-    def _release_reader(self, session: Session) -> None:
-        if self._closed:
-            session.conn.close()
-        else:
-            self._readers.put(session)
+        """query() within `seconds`, else None (an event loop's): see Readers.query_within."""
+        return self._readers.query_within(stmts, options, seconds)
 
     # ---- snapshots
 
@@ -650,9 +540,7 @@ class Database:
             if self._dirty:
                 self._apply_batch(_Batch([], []))
             self._closed = True
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._readers.get_nowait().conn.close()
+            self._readers.close()
             self._writer.conn.close()
             self._vfs.unregister()
 
@@ -661,21 +549,6 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _sqlite_int(value: Any) -> int:
-    """A function argument read as an integer, as sqlite3_value_int64 would (near enough:
-    what matters is that every node reads it the same way)."""
-    if type(value) is int:
-        return value
-    if type(value) is float:
-        return int(value) if abs(value) < 1 << 63 else 0
-    if type(value) is bytes:
-        value = value.decode("latin-1")
-    if type(value) is str:
-        m = _LEADING_INT.match(value)
-        return int(m.group()) if m else 0
-    return 0
 
 
 def _remove_db_files(path: str) -> None:

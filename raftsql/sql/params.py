@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from raftsql.errors import BadStatementError
+
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 
@@ -23,10 +25,6 @@ _DISALLOWED_PRAGMA = re.compile(
 )
 # rqlite's ParseHex: optional surrounding whitespace, x or X, quoted hex digits in pairs.
 _HEX_BLOB = re.compile(r"\s*[xX]'((?:[0-9a-fA-F]{2})*)'\s*")
-
-
-class BadStatementError(ValueError):
-    """A request body element rqlite refuses with HTTP 400; the message is rqlite's text."""
 
 
 class NamedParams(dict):

@@ -21,7 +21,7 @@ from typing import Any
 import apsw
 
 from raftsql.errors import StorageError
-from raftsql.sql.command import ReadOptions, StatementResult
+from raftsql.sql.command import Op, ReadOptions, StatementResult
 from raftsql.sql.params import BadStatementError, NamedParams, decode_statement, is_empty
 
 QUERY_WRITE_ERROR = "attempt to change database via query operation"
@@ -31,7 +31,7 @@ QUERY_TIMEOUT = "query timeout"
 MODE_EXECUTE = 0  # rows only from statements that write and return rows (RETURNING)
 MODE_REQUEST = 1  # rows from every statement that returns columns (/db/request)
 MODE_QUERY = 2  # rows always; a statement that writes is refused
-OP_MODES = {"execute": MODE_EXECUTE, "request": MODE_REQUEST, "query": MODE_QUERY}
+OP_MODES = {Op.EXECUTE: MODE_EXECUTE, Op.REQUEST: MODE_REQUEST, Op.QUERY: MODE_QUERY}
 
 # Errors that come from this machine (disk, memory, locks), not from the SQL: recording them as
 # a statement's result would make this node's database differ from the others', so apply stops.

@@ -30,10 +30,8 @@ POST /raft/rpc/<name> with orjson bodies.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hmac
 import logging
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,10 +48,11 @@ from raftsql.transport.codec import (
     FrameAssembler,
     decode_ack,
     decode_batch,
-    encode_ack,
     encode_batch,
     split_frame,
 )
+from raftsql.transport.rpc import json_response, rpc_result, serve_app, text_response
+from raftsql.transport.streams import Acker, Link, Peer, dial_error
 
 log = logging.getLogger("raftsql.transport")
 
@@ -63,7 +62,6 @@ PROTOCOL_HEADER = "X-Raftsql-Protocol"
 FROM_HEADER = "X-Raftsql-From"  # the dialing node's id
 API_HEADER = "X-Raftsql-Api-Url"  # the dialing node's client API URL
 TO_HEADER = "X-Raftsql-To"  # the node id the dialer expects at this address
-ERROR_HEADER = "X-Raftsql-Error"  # why a peer request was refused
 STREAM_PATH = "/raft/stream"
 RPC_PATH = "/raft/rpc/{name}"
 
@@ -75,110 +73,6 @@ RpcHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 _SNAPSHOT = MessageType.SNAPSHOT
 _BINARY = WSMsgType.BINARY
-_DIRECT_LIMIT = 1 << 16  # bytes buffered for a socket beyond which `send()` leaves it be
-# Errors a handler may raise that `call()` re-raises as the same type on the caller's side.
-_REMOTE_ERRORS = ("NotLeaderError", "LeadershipLostError", "ClusterError")
-
-
-class _Link:
-    """One live outbound WebSocket and its counters (frames, not messages)."""
-
-    __slots__ = ("ws", "sent", "acked", "progress_at", "last_send", "ping", "write_now",
-                 "sending", "backlog")
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, now: float) -> None:
-        self.ws = ws
-        self.sent = 0
-        self.acked = 0  # invariant: acked <= sent
-        self.progress_at = now  # last ack, or when the oldest unacked frame was sent
-        self.last_send = now
-        self.ping = True  # send an empty frame to prove liveness: at once, then when idle
-        self.write_now = _frame_writer(ws)
-        self.sending = False  # the writer task is sending a frame (it may be waiting)
-        self.backlog: bytes | None = None  # a frame `send()` left to the writer task
-
-    @property
-    def idle(self) -> bool:
-        """Nothing is being sent: a frame written now keeps the stream in order."""
-        return not self.sending and self.backlog is None
-
-
-def _frame_writer(ws: aiohttp.ClientWebSocketResponse) -> Callable[[bytes], bool] | None:
-    """A function writing one binary frame to `ws` at once, or None if aiohttp has none.
-
-    `send()` writes frames itself when the stream is idle, rather than waking the peer's
-    writer task: on a busy node the task switch costs more than the write. The function
-    returns False, writing nothing, when the socket's buffer is over `_DIRECT_LIMIT` bytes
-    (the writer task then waits for it to drain). aiohttp's writer has no public
-    synchronous method: without the one used here, every frame goes through the task.
-    """
-    writer = getattr(ws, "_writer", None)
-    write = getattr(writer, "_write_websocket_frame", None)
-    transport = getattr(writer, "transport", None)
-    if write is None or transport is None or getattr(writer, "compress", 0):
-        return None
-
-    def write_now(frame: bytes) -> bool:
-        if transport.is_closing() or transport.get_write_buffer_size() > _DIRECT_LIMIT:
-            return False
-        write(frame, _BINARY, 0)
-        return True
-
-    return write_now
-
-
-class _Peer:
-    __slots__ = ("node_id", "addr", "queue", "wake", "task", "link", "last_heard",
-                 "dropped", "reported_drops", "failures", "touched", "ever_connected")
-
-    def __init__(self, node_id: str, addr: str, max_queue: int) -> None:
-        self.node_id = node_id
-        self.addr = addr
-        self.queue: collections.deque[Message] = collections.deque(maxlen=max_queue)
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.link: _Link | None = None
-        self.last_heard = float("-inf")
-        self.dropped = 0
-        self.reported_drops = 0
-        self.failures = 0  # consecutive failed dials, to log the first one only
-        self.ever_connected = False  # a dial failure then means it went away
-        self.touched = False  # `send()` queued messages for it and has yet to flush them
-
-
-class _Acker:
-    """Sends cumulative acks for one inbound stream: one per `delay` covers every frame read
-    meanwhile, and a keep-alive frame is acknowledged at once."""
-
-    __slots__ = ("count", "urgent", "wake", "task")
-
-    def __init__(self, ws: web.WebSocketResponse, delay: float) -> None:
-        self.count = 0
-        self.urgent = False
-        self.wake = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self._run(ws, delay))
-
-    def note(self, keepalive: bool) -> None:
-        """One more frame was delivered."""
-        self.count += 1
-        if keepalive:
-            self.urgent = True
-        self.wake.set()
-
-    async def _run(self, ws: web.WebSocketResponse, delay: float) -> None:
-        acked = 0
-        try:
-            while True:
-                await self.wake.wait()
-                if not self.urgent:
-                    await asyncio.sleep(delay)
-                self.wake.clear()
-                self.urgent = False
-                if self.count != acked:
-                    acked = self.count
-                    await ws.send_bytes(encode_ack(acked))
-        except Exception as exc:  # the stream is gone; its reader notices on its own
-            log.debug("ack writer stopped: %r", exc)
 
 
 class Transport:
@@ -187,7 +81,7 @@ class Transport:
     def __init__(
         self,
         node_id: str,
-        deliver: Deliver,
+        deliver: Deliver | None = None,
         *,
         secret: str | None = None,
         api_url: str | None = None,
@@ -207,7 +101,8 @@ class Transport:
         if not 0 < chunk_size <= CHUNK_SIZE:
             raise ValueError(f"chunk_size must be in (0, {CHUNK_SIZE}]")
         self.node_id = node_id
-        self._deliver = deliver
+        self._deliver: Deliver = deliver or (lambda messages: None)
+        self._runner: web.AppRunner | None = None
         self._secret = secret.encode() if secret is not None else None
         self._attach = attach_snapshot
         self._ssl = ssl_context
@@ -228,7 +123,7 @@ class Transport:
         self._on_peer_api = on_peer_api
         if secret is not None:
             self._headers[SECRET_HEADER] = secret
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, Peer] = {}
         self._rpc: dict[str, RpcHandler] = {}
         self._inbound: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # peer writers, also retiring ones
@@ -249,6 +144,19 @@ class Transport:
             self._spawn(peer)
         self._spawn_task(self._housekeep(), "raft-transport-housekeeping")
 
+    def bind(self, deliver: Deliver, *, attach_snapshot: Callable[[Message], Message | None],
+             on_peer_api: Callable[[str, str], None]) -> None:
+        """Where incoming messages go, and the node's hooks (before start())."""
+        self._deliver = deliver
+        self._attach = attach_snapshot
+        self._on_peer_api = on_peer_api
+
+    async def listen(self, addr: str) -> None:
+        """Serve the peer routes on a listener of their own at `addr` (host:port)."""
+        app = web.Application(client_max_size=CHUNK_SIZE + CHUNK_OVERHEAD + 64)
+        self.add_routes(app)
+        self._runner = await serve_app(app, addr)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -264,6 +172,8 @@ class Transport:
         )
         if self._session is not None:
             await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(STREAM_PATH, self._handle_stream)
@@ -277,7 +187,7 @@ class Transport:
             return
         peer = self._peers.get(node_id)
         if peer is None:
-            peer = self._peers[node_id] = _Peer(node_id, raft_addr, self._max_queue)
+            peer = self._peers[node_id] = Peer(node_id, raft_addr, self._max_queue)
         elif peer.addr == raft_addr:
             return
         else:
@@ -317,7 +227,7 @@ class Transport:
         """Send `messages` to their peers: at once when a peer's stream is idle, else queued
         for its writer task (one frame per peer either way). Never blocks, never raises."""
         peers = self._peers
-        touched: list[_Peer] = []
+        touched: list[Peer] = []
         try:
             for m in messages:
                 peer = peers.get(m.to)
@@ -339,7 +249,7 @@ class Transport:
                 peer.touched = False
             log.exception("node=%s send failed; messages dropped", self.node_id)
 
-    def _flush(self, peer: _Peer) -> None:
+    def _flush(self, peer: Peer) -> None:
         """Write what is queued for `peer` as one frame now, or wake its writer task."""
         link = peer.link
         if link is None or link.write_now is None or not link.idle:
@@ -354,7 +264,7 @@ class Transport:
             link.backlog = frame  # too large for one message, or the socket is backed up
             peer.wake.set()
 
-    def _spawn(self, peer: _Peer) -> None:
+    def _spawn(self, peer: Peer) -> None:
         if peer.task is not None:
             peer.task.cancel()  # the old task closes its own stream
         peer.link = None
@@ -367,7 +277,7 @@ class Transport:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run_peer(self, peer: _Peer) -> None:
+    async def _run_peer(self, peer: Peer) -> None:
         """Dial, pump, redial with exponential back-off: forever, until cancelled."""
         low, high = self._reconnect
         delay = low
@@ -382,7 +292,7 @@ class Transport:
             log.info("node=%s connected to peer=%s addr=%s", self.node_id, peer.node_id, peer.addr)
             peer.failures = 0
             peer.ever_connected = True
-            link = _Link(ws, self._now())
+            link = Link(ws, self._now())
             try:
                 await self._pump(peer, link)
             except Exception as exc:
@@ -398,7 +308,7 @@ class Transport:
             delay = low if link.acked else min(delay * 2, high)
             await asyncio.sleep(delay)
 
-    async def _dial(self, peer: _Peer) -> aiohttp.ClientWebSocketResponse:
+    async def _dial(self, peer: Peer) -> aiohttp.ClientWebSocketResponse:
         session = self._session_or_new()
         url = f"{self._scheme}://{peer.addr}{STREAM_PATH}"
         async with asyncio.timeout(self._connect_timeout):
@@ -408,7 +318,7 @@ class Transport:
                 ssl=self._ssl if self._ssl is not None else True,
             )
 
-    def _note_dial_failure(self, peer: _Peer, exc: Exception) -> None:
+    def _note_dial_failure(self, peer: Peer, exc: Exception) -> None:
         """One short line per outage: at INFO while the cluster forms (peers start at their
         own pace), at WARNING when a peer that was reachable went away; retries are DEBUG."""
         peer.failures += 1
@@ -417,9 +327,9 @@ class Transport:
         else:
             level = logging.DEBUG
         log.log(level, "node=%s cannot reach peer=%s at %s: %s; retrying", self.node_id,
-                peer.node_id, peer.addr, _dial_error(exc))
+                peer.node_id, peer.addr, dial_error(exc))
 
-    async def _pump(self, peer: _Peer, link: _Link) -> None:
+    async def _pump(self, peer: Peer, link: Link) -> None:
         """Send what `send()` did not (while the stream lives): keep-alives, queued messages,
         chunked frames, and frames that must wait for the socket to drain."""
         reader = asyncio.get_running_loop().create_task(self._read_acks(peer, link))
@@ -450,7 +360,7 @@ class Transport:
             await self._close_quietly(link.ws)  # ends the reader's receive loop
             reader.cancel()
 
-    def _frame(self, link: _Link, batch: list[Message]) -> bytes | None:
+    def _frame(self, link: Link, batch: list[Message]) -> bytes | None:
         """Encode `batch` as the stream's next frame (None, logged, if it cannot be)."""
         if self._attach is not None:
             batch = self._attach_snapshots(batch)
@@ -492,7 +402,7 @@ class Transport:
             out.append(m)
         return out
 
-    async def _read_acks(self, peer: _Peer, link: _Link) -> None:
+    async def _read_acks(self, peer: Peer, link: Link) -> None:
         try:
             async for msg in link.ws:
                 if msg.type is not _BINARY:
@@ -538,14 +448,14 @@ class Transport:
             ):
                 log.warning("node=%s refused peer request from %s: missing or wrong cluster "
                             "secret", self.node_id, request.remote)
-                return _text_response(401, "missing or wrong cluster secret")
+                return text_response(401, "missing or wrong cluster secret")
         version = request.headers.get(PROTOCOL_HEADER)
         if version != PROTOCOL_VERSION:
             message = (f"raft protocol version {version!r} is not supported: this node speaks "
                        f"version {PROTOCOL_VERSION}")
             log.warning("node=%s refused peer request from %s: %s", self.node_id,
                         request.remote, message)
-            return _text_response(400, message)
+            return text_response(400, message)
         return None
 
     def _note_peer_api(self, request: web.Request) -> None:
@@ -563,9 +473,9 @@ class Transport:
         self._note_peer_api(request)
         expected = request.headers.get(TO_HEADER)
         if expected is not None and expected != self.node_id:
-            return _text_response(409, f"this address is node {self.node_id}, not {expected}")
+            return text_response(409, f"this address is node {self.node_id}, not {expected}")
         if self._closed:
-            return _text_response(503, "node stopping")
+            return text_response(503, "node stopping")
         frm = request.headers.get(FROM_HEADER, "")
         # aiohttp refuses a message of exactly max_msg_size bytes: leave a margin.
         ws = web.WebSocketResponse(max_msg_size=CHUNK_SIZE + CHUNK_OVERHEAD + 64,
@@ -582,7 +492,7 @@ class Transport:
 
     async def _receive(self, ws: web.WebSocketResponse, frm: str) -> None:
         assembler = FrameAssembler(self._max_frame_size)
-        acker = _Acker(ws, self._ack_delay)
+        acker = Acker(ws, self._ack_delay)
         peers = self._peers
         try:
             async for msg in ws:
@@ -626,24 +536,24 @@ class Transport:
         name = request.match_info["name"]
         handler = self._rpc.get(name)
         if handler is None:
-            return _json_response(404, {"error": f"unknown raft rpc {name!r}"})
+            return json_response(404, {"error": f"unknown raft rpc {name!r}"})
         try:
             payload = orjson.loads(await request.read())
         except (ValueError, web.HTTPException) as exc:
-            return _json_response(400, {"error": f"bad rpc body: {exc}"})
+            return json_response(400, {"error": f"bad rpc body: {exc}"})
         if type(payload) is not dict:
-            return _json_response(400, {"error": "rpc body must be a JSON object"})
+            return json_response(400, {"error": "rpc body must be a JSON object"})
         try:
             result = await handler(payload)
         except RaftSQLError as exc:
             body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
             if isinstance(exc, errors.NotLeaderError):
                 body.update(leader_id=exc.leader_id, leader_url=exc.leader_url)
-            return _json_response(409, body)
+            return json_response(409, body)
         except Exception:
             log.exception("node=%s rpc %s failed", self.node_id, name)
-            return _json_response(500, {"error": f"rpc {name} failed on node {self.node_id}"})
-        return _json_response(200, result)
+            return json_response(500, {"error": f"rpc {name} failed on node {self.node_id}"})
+        return json_response(200, result)
 
     async def call(self, raft_addr: str, name: str, payload: dict[str, Any],
                    timeout: float = 5.0) -> dict[str, Any]:
@@ -663,7 +573,7 @@ class Transport:
                 status, body = resp.status, await resp.read()
         except aiohttp.ClientError as exc:
             raise TransportError(f"rpc {name} to {raft_addr} failed: {exc}") from exc
-        return _rpc_result(raft_addr, name, status, body)
+        return rpc_result(raft_addr, name, status, body)
 
     # ---- helpers ----------------------------------------------------------------------
 
@@ -688,41 +598,3 @@ class Transport:
             log.debug("closing a raft stream failed: %r", exc)
 
 
-def _dial_error(exc: Exception) -> str:
-    """Why a dial failed, in a few words."""
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        why = exc.headers.get(ERROR_HEADER, exc.message) if exc.headers else exc.message
-        return f"refused: {exc.status} {why}"
-    if isinstance(exc, TimeoutError):
-        return "connect timed out"
-    os_error = getattr(exc, "os_error", None) or (exc if isinstance(exc, OSError) else None)
-    if isinstance(os_error, OSError) and os_error.errno:
-        return os.strerror(os_error.errno).lower()  # "connection refused", not asyncio's text
-    return str(exc) or type(exc).__name__
-
-
-def _rpc_result(raft_addr: str, name: str, status: int, body: bytes) -> dict[str, Any]:
-    try:
-        reply = orjson.loads(body)
-    except ValueError:
-        reply = {"error": body[:200].decode("utf-8", "replace")}
-    if status == 200 and type(reply) is dict:
-        return reply
-    message = reply.get("error", "") if type(reply) is dict else ""
-    if status == 409 and type(reply) is dict:
-        kind = reply.get("kind")
-        if kind == "NotLeaderError":
-            raise errors.NotLeaderError(reply.get("leader_id"), reply.get("leader_url"))
-        if kind in _REMOTE_ERRORS:
-            raise getattr(errors, kind)(message)
-    raise TransportError(f"rpc {name} to {raft_addr} failed: {status} {message}".rstrip(),
-                         status)
-
-
-def _text_response(status: int, message: str) -> web.Response:
-    # The header carries the message too: a refused WebSocket dialer sees only headers.
-    return web.Response(status=status, text=message, headers={ERROR_HEADER: message})
-
-
-def _json_response(status: int, body: Any) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

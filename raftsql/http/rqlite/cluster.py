@@ -17,14 +17,15 @@ import orjson
 from aiohttp import web
 
 from raftsql import __version__
-from raftsql.errors import ClusterError, LeadershipLostError, RaftSQLError
+from raftsql.errors import RequestError
 from raftsql.http import forward
 from raftsql.http.params import Params, go_duration_string
 from raftsql.http.respond import (
     LEADER_NOT_FOUND,
+    ROUTE,
     TEXT_TYPE,
     VERSION,
-    HttpError,
+    Route,
     json_response,
     read_body,
     text_error,
@@ -219,21 +220,22 @@ async def handle_leader_post(request: web.Request) -> web.Response:
     target = _leader_target(body)
 
     async def serve() -> web.Response:
-        try:
-            await state.node.transfer_leadership(target, timeout=params.timeout)
-        except (ClusterError, LeadershipLostError) as e:
-            return forward.failure(str(e))
-        except TimeoutError:
-            return forward.failure("timeout waiting for a new leader")
+        await state.node.transfer_leadership(target, timeout=params.timeout)
         return web.Response(status=200)
 
-    return await _on_leader(state, request, body, params, serve)
+    return await _on_leader(request, body, params, serve, TRANSFER)
 
 
-async def _on_leader(state: ApiState, request: web.Request, body: bytes, params: Params,
-                     serve: Any) -> web.Response:
-    return await forward.on_leader(state, request, body, serve, redirect=params.redirect,
-                                   timeout=params.timeout, idempotent=False, json_errors=False)
+TRANSFER = Route(json=False, timeout="timeout waiting for a new leader")
+REMOVE = Route(json=False, write=True, timeout="timeout waiting for the membership change")
+
+
+async def _on_leader(request: web.Request, body: bytes, params: Params, serve: Any,
+                     route: Route) -> web.Response:
+    request[ROUTE] = route
+    return await forward.on_leader(state_of(request), request, body, serve,
+                                   redirect=params.redirect, timeout=params.timeout,
+                                   idempotent=False, json_errors=False)
 
 
 def _leader_target(body: bytes) -> str | None:
@@ -242,9 +244,9 @@ def _leader_target(body: bytes) -> str | None:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise HttpError(400, "invalid JSON body") from None
+        raise RequestError(400, "invalid JSON body") from None
     if not isinstance(obj, dict) or set(obj) - {"id"} or not isinstance(obj.get("id", ""), str):
-        raise HttpError(400, "invalid request")
+        raise RequestError(400, "invalid request")
     return obj.get("id") or None
 
 
@@ -258,23 +260,15 @@ async def handle_remove(request: web.Request) -> web.Response:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise HttpError(400, "invalid JSON body") from None
+        raise RequestError(400, "invalid JSON body") from None
     if not isinstance(obj, dict) or set(obj) != {"id"} or not isinstance(obj["id"], str):
-        raise HttpError(400, 'invalid request: the body must be {"id": "<node id>"}')
+        raise RequestError(400, 'invalid request: the body must be {"id": "<node id>"}')
 
     async def serve() -> web.Response:
-        try:
-            await state.node.remove_member(obj["id"], timeout=params.timeout)
-        except ClusterError as e:
-            return forward.failure(str(e)) if e.status == 503 else text_error(e.status, str(e))
-        except LeadershipLostError as e:
-            return forward.failure(f"{e}; the removal may have been applied")
-        except TimeoutError:
-            return forward.failure("timeout waiting for the membership change; "
-                                   "the removal may have been applied")
+        await state.node.remove_member(obj["id"], timeout=params.timeout)
         return web.Response(status=200)
 
-    return await _on_leader(state, request, body, params, serve)
+    return await _on_leader(request, body, params, serve, REMOVE)
 
 
 # ---- /snapshot ----------------------------------------------------------------------
@@ -287,10 +281,7 @@ async def handle_snapshot(request: web.Request) -> web.Response:
     params = Params.parse(request.query)
     if params.integer("trailing_logs", 0) != 0:
         # Keeping log entries behind the snapshot needs a log that starts before it.
-        raise HttpError(400, "trailing_logs is not supported: raftsql compacts the whole "
-                        "applied log into the snapshot")
-    try:
-        taken = await state.node.snapshot()
-    except RaftSQLError as e:
-        return forward.failure(str(e))
+        raise RequestError(400, "trailing_logs is not supported: raftsql compacts the whole "
+                           "applied log into the snapshot")
+    taken = await state.node.snapshot()
     return web.Response(status=200 if taken else 204)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import enum
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -357,8 +358,16 @@ def _sorted_map(keys: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     return {k: m[k] for k in sorted(m)}
 
 
+class Kind(enum.Enum):
+    """Which route a result is for: it decides the shape of a write's element."""
+
+    QUERY = "query"
+    EXECUTE = "execute"
+    REQUEST = "request"
+
+
 def result_element(
-    r: StatementResult, *, kind: str, associative: bool = False, timings: bool = False,
+    r: StatementResult, *, kind: Kind, associative: bool = False, timings: bool = False,
     blob_array: bool = False, is_read: bool | None = None,
 ) -> dict[str, Any]:
     """One element of `results`.
@@ -368,14 +377,14 @@ def result_element(
     kind "request": as execute, but with `associative` a write carries `"rows": null`;
     `is_read` says how to shape a failed statement (a failed read is `{"rows":[],...}`).
     """
-    if kind == "query" or r.columns:
+    if kind is Kind.QUERY or r.columns:
         if associative:
             return associative_element(r, timings, blob_array)
         return rows_element(r, timings, blob_array)
-    if kind == "request" and associative and r.error and is_read:
+    if kind is Kind.REQUEST and associative and r.error and is_read:
         return associative_element(r, timings, blob_array)
     d = write_element(r, timings)
-    if kind == "request" and associative:
+    if kind is Kind.REQUEST and associative:
         d["rows"] = None
     return d
 

@@ -1,0 +1,60 @@
+"""One raftsql node as `raftsql serve` runs it: the SQLite database, the Raft driver over the
+WebSocket transport, the SQL service, and the rqlite HTTP API, listening.
+
+The Raft routes share the HTTP listener unless the Raft address differs from it, in which
+case the transport gets a listener of its own (rqlite's two ports).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from raftsql.http.app import DEFAULT_MAX_BODY_BYTES, make_app
+from raftsql.node import Node, NodeConfig
+from raftsql.sql.database import Database
+from raftsql.sql.service import SqlService
+from raftsql.transport.rpc import serve_app
+from raftsql.transport.websocket import Transport
+
+
+@dataclass
+class ServerConfig:
+    node: NodeConfig
+    fk: bool = False  # enforce foreign keys in what this node proposes
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        nc = config.node
+        os.makedirs(nc.data_dir, exist_ok=True)
+        self.database = Database(os.path.join(nc.data_dir, "db.sqlite"), fk=config.fk)
+        self.transport = Transport(nc.node_id, secret=nc.cluster_secret, api_url=nc.api_url)
+        self.node = Node(nc, self.database, transport=self.transport)
+        self.sql = SqlService(self.node, self.database, fk=config.fk)
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        nc = self.config.node
+        app = make_app(self.node, self.sql, max_body_bytes=self.config.max_body_bytes)
+        if nc.raft_addr and nc.raft_addr != nc.http_addr:
+            await self.transport.listen(nc.raft_addr)
+        else:
+            self.transport.add_routes(app)
+        await self.node.start()
+        self._runners.append(await serve_app(app, nc.http_addr))
+
+    async def stop(self, transfer: bool = True) -> None:
+        """The node first (a leader hands over; what waits on it fails), then the API."""
+        await self.node.stop(transfer=transfer)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners = []
+        self.sql.close()
+
+    async def wait_failed(self) -> None:
+        await self.node.wait_failed()

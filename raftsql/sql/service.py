@@ -1,0 +1,115 @@
+"""The SQL service of a node: writes through the log, reads at rqlite's consistency levels.
+
+The driver replicates opaque commands and knows nothing of SQL; this is where a request
+becomes a `Command` (the leader fixes its time, seed, foreign keys and step limit, so apply
+is deterministic) and where a read level becomes a barrier on the driver, then a query on
+the database's read connections (rqlite-api.md §2.1).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Protocol
+
+from raftsql.errors import StaleReadError
+from raftsql.sql.classify import Classifier
+from raftsql.sql.command import Command, Op, ReadOptions, StatementResult
+from raftsql.sql.database import Database
+from raftsql.sql.session import steps_for
+
+
+class Level(enum.StrEnum):
+    NONE = "none"
+    WEAK = "weak"
+    LINEARIZABLE = "linearizable"
+    STRONG = "strong"
+    AUTO = "auto"  # weak on a voter, none on a read replica
+
+
+class Replicator(Protocol):
+    """What the service needs of the driver (raftsql.node.Node)."""
+
+    is_leader: bool
+
+    async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]: ...
+    async def read_barrier(self, linearizable: bool, timeout: float = 10.0) -> None: ...
+    async def query(self, *request: Any) -> Any: ...
+    def last_contact(self) -> float | None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class SqlService:
+    def __init__(self, node: Replicator, database: Database, *, fk: bool = False) -> None:
+        self._node = node
+        self.database = database
+        self._fk = fk
+        self._classifier = Classifier(database.path)
+
+    def close(self) -> None:
+        self._classifier.close()
+
+    async def execute(self, statements: list[Any], *, op: Op = Op.EXECUTE,
+                      transaction: bool = False, timeout: float = 30.0,
+                      db_timeout: float = 0.0, qualify: bool = False,
+                      ) -> tuple[list[StatementResult], int]:
+        """Through the log, on the leader (NotLeaderError, with nothing proposed, elsewhere):
+        the results and the entry's index."""
+        command = Command.new(op, statements, transaction, fk=self._fk,
+                              max_steps=steps_for(db_timeout), qualify=qualify)
+        result, index = await self._node.propose(command.encode(), timeout)
+        if isinstance(result, Exception):
+            raise result
+        return result, index
+
+    async def read(self, statements: list[Any], *, level: Level, voter: bool,
+                   options: ReadOptions, timeout: float, linearizable_timeout: float,
+                   freshness: float = 0.0, freshness_strict: bool = False,
+                   ) -> tuple[list[StatementResult], int]:
+        """Reads at `level`; with them, the Raft index of a strong read's entry (else 0).
+
+        none: this node's copy, refused as `stale read` when `freshness` is set and the leader
+        was last heard from longer ago (the leader itself ignores freshness); weak: the node
+        must believe it leads; linearizable: ReadIndex, then wait until applied; strong:
+        through the log; auto: weak on a voter, none on a read replica.
+        """
+        if level is Level.AUTO:
+            level = Level.WEAK if voter else Level.NONE
+        if level is Level.NONE:
+            if freshness > 0 and not self._node.is_leader and self._stale(freshness,
+                                                                          freshness_strict):
+                raise StaleReadError()
+            return await self._node.query(statements, options), 0
+        if level is Level.STRONG:
+            return await self.execute(statements, op=Op.QUERY, transaction=options.transaction,
+                                      timeout=timeout, db_timeout=options.db_timeout,
+                                      qualify=options.qualify)
+        linearizable = level is Level.LINEARIZABLE
+        await self._node.read_barrier(linearizable, linearizable_timeout if linearizable
+                                      else timeout)
+        return await self._node.query(statements, options), 0
+
+    def _stale(self, freshness: float, strict: bool) -> bool:
+        """rqlite's freshness test on a node that does not lead: the leader was heard from
+        longer than `freshness` ago; or, with `strict`, this node has not applied all it
+        knows to be committed and what it applied last was written by the leader longer ago
+        than that (leader's clock against ours, as in rqlite)."""
+        contact = self._node.last_contact()
+        if contact is None or contact > freshness:
+            return True
+        if not strict:
+            return False
+        raft = self._node.status()["raft"]
+        if raft["applied_index"] >= raft["commit_index"]:
+            return False
+        written = self.database.applied_time_ms
+        return written is None or time.time() - written / 1000 > freshness
+
+    # ---- reads or writes ----------------------------------------------------------
+
+    def all_reads(self, statements: list[Any]) -> bool:
+        """Whether every statement only reads (as SQLite says): /db/request then reads."""
+        return self._classifier.all_reads(statements)
+
+    def looks_like_read(self, stmt: Any) -> bool:
+        return self._classifier.looks_like_read(stmt)
