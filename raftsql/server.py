@@ -19,6 +19,8 @@ from raftsql.sql.service import SqlService
 from raftsql.transport.rpc import serve_app
 from raftsql.transport.websocket import Transport
 
+__all__ = ["NodeConfig", "Server", "ServerConfig"]
+
 
 @dataclass
 class ServerConfig:

@@ -155,8 +155,7 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
     import logging
 
     from raftsql.errors import RaftSQLError
-    from raftsql.node import NodeConfig
-    from raftsql.server import Server, ServerConfig
+    from raftsql.server import NodeConfig, Server, ServerConfig
 
     if stop.requested:
         return 0

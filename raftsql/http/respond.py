@@ -38,8 +38,6 @@ NOT_LEADER_HEADER = "X-Raftsql-Not-Leader"  # "I did nothing with your forwarded
 SERVED_BY = "X-RQLITE-SERVED-BY"
 
 LEADER_NOT_FOUND = "leader not found"
-LEADERSHIP_LOST = "leadership lost while committing log"
-STALE_READ = "stale read"
 DISALLOWED_PRAGMA = "disallowed pragma"
 MAYBE_APPLIED = "the request may have been applied"
 

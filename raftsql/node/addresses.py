@@ -33,10 +33,6 @@ def addr_context(raft_addr: str, api_url: str) -> bytes:
     return orjson.dumps({"raft_addr": raft_addr, "api_url": api_url})
 
 
-def member_dict(m: Member) -> dict[str, Any]:
-    return {"id": m.id, "api_addr": m.api_url, "addr": m.raft_addr, "voter": m.voter}
-
-
 class AddressBook:
     def __init__(self, node_id: str, raft_addr: str, api_url: str, path: str | None) -> None:
         self.node_id = node_id

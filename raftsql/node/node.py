@@ -46,9 +46,10 @@ from raftsql.node.persist import PersistThread
 from raftsql.node.proposals import Proposals
 from raftsql.node.reads import Reads
 from raftsql.node.waiting import Applied, Deadlines
-from raftsql.raft.core import Config, Raft
+from raftsql.raft.core import Raft
 from raftsql.raft.messages import (
     ConfChange,
+    Config,
     ConfState,
     Message,
     MessageType,
@@ -134,7 +135,6 @@ class Node:
         self._calls: list[Callable[[Raft], None]] = []
         self._ticks = 0
         self._last_contact: float | None = None
-        self._stopping = False
         self._stopped = asyncio.Event()
         self._failed = asyncio.Event()
         self.failure: Exception | None = None
@@ -294,7 +294,6 @@ class Node:
         await self._failed.wait()
 
     def _halt(self, exc: Exception) -> None:
-        self._stopping = True
         self._applier.halt()
         for task in self._tasks:
             task.cancel()
@@ -319,7 +318,9 @@ class Node:
 
     async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]:
         """Replicate `data`; return the state machine's result and the entry's index."""
-        return await self._proposal(lambda raft: raft.propose(data), timeout, None)
+        result: tuple[Any, int] = await self._proposal(lambda raft: raft.propose(data), timeout,
+                                                       None)
+        return result
 
     async def read_barrier(self, linearizable: bool, timeout: float = 10.0) -> None:
         """This node leads (else NotLeaderError); if `linearizable`, it has also confirmed
@@ -338,10 +339,6 @@ class Node:
         """Snapshot the state machine and compact the log now; False if the latest snapshot
         already holds everything applied."""
         return await self._applier.snapshot_now()
-
-    async def add_member(self, node_id: str, raft_addr: str, api_url: str, voter: bool = True,
-                         timeout: float = 10.0) -> None:
-        await self._membership.add(node_id, raft_addr, api_url, voter, timeout)
 
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
         await self._membership.remove(node_id, timeout)

@@ -57,7 +57,7 @@ def frame_writer(ws: aiohttp.ClientWebSocketResponse) -> Callable[[bytes], bool]
     writer = getattr(ws, "_writer", None)
     write = getattr(writer, "_write_websocket_frame", None)
     transport = getattr(writer, "transport", None)
-    if write is None or transport is None or getattr(writer, "compress", 0):
+    if write is None or transport is None or getattr(writer, "compress", False):
         return None
 
     def write_now(frame: bytes) -> bool:

@@ -195,12 +195,6 @@ class Transport:
         if self._started and not self._closed:
             self._spawn(peer)
 
-    def remove_peer(self, node_id: str) -> None:
-        peer = self._peers.pop(node_id, None)
-        if peer is not None and peer.task is not None:
-            peer.task.cancel()
-            peer.task = None
-
     def reachable(self, node_id: str) -> bool:
         """Connected, and heard from (an ack, or a frame of its own) within `peer_timeout`.
 
