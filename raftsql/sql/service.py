@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from raftsql.errors import StaleReadError
@@ -62,7 +63,7 @@ class SqlService:
             raise result
         return result, index
 
-    async def read(self, statements: list[Any], *, level: Level, voter: bool,
+    async def read(self, statements: list[Any], *, level: Level, voter: Callable[[], bool],
                    options: ReadOptions, timeout: float, linearizable_timeout: float,
                    freshness: float = 0.0, freshness_strict: bool = False,
                    ) -> tuple[list[StatementResult], int]:
@@ -71,10 +72,10 @@ class SqlService:
         none: this node's copy, refused as `stale read` when `freshness` is set and the leader
         was last heard from longer ago (the leader itself ignores freshness); weak: the node
         must believe it leads; linearizable: ReadIndex, then wait until applied; strong:
-        through the log; auto: weak on a voter, none on a read replica.
+        through the log; auto: weak on a voter, none on a read replica (`voter()` says).
         """
         if level is Level.AUTO:
-            level = Level.WEAK if voter else Level.NONE
+            level = Level.WEAK if voter() else Level.NONE
         if level is Level.NONE:
             if freshness > 0 and not self._node.is_leader and self._stale(freshness,
                                                                           freshness_strict):

@@ -2,7 +2,7 @@
 
 This is the only module of `raftsql/raft` that touches files, and it does so through a
 small `FileSystem` interface: `OSFileSystem` (real files) or `MemoryFileSystem`
-(`raft/memfs.py`, which can crash and lose what was not synced).
+(`storage/memfs.py`, which can crash and lose what was not synced).
 
 Directory layout (`DATA_DIR/raft/`):
 

@@ -1,6 +1,6 @@
 """An in-memory file system that can crash, for the storage tests and the simulator.
 
-It implements the `FileSystem` interface of `raftsql/raft/storage.py` with no real
+It implements the `FileSystem` interface of `raftsql/storage/log.py` with no real
 files and no `os`: paths are plain strings split on "/". Everything the running
 process sees (the page cache) is kept apart from what a crash would leave on disk, so
 `crash(rng)` can lose exactly what was never made durable.

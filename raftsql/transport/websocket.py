@@ -5,7 +5,7 @@ WebSocket) and accepts the peers' streams for its INCOMING ones: two sockets per
 
 Outbound, `send()` appends to the peer's bounded queue (the oldest messages are dropped
 when it is full: Raft tolerates loss), then sends everything queued as ONE binary frame
-(`raft/codec.py`): written at once when the peer's stream is idle, else by the peer's writer
+(`transport/codec.py`): written at once when the peer's stream is idle, else by the peer's writer
 task, which also sends keep-alives, chunks frames larger than `chunk_size` (snapshots; the
 receiver reassembles them) and waits for a slow peer's socket to drain; messages queued
 meanwhile join its next frame. The transport does not limit frames in flight: the Raft core

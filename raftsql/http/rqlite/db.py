@@ -158,7 +158,7 @@ async def handle_query(request: web.Request) -> web.Response:
 async def _read(req: _Request, statements: list[Any]) -> web.Response:
     p, state = req.params, req.state
     results, index = await state.sql.read(
-        statements, level=Level(p.level), voter=state.is_voter(),
+        statements, level=Level(p.level), voter=state.is_voter,
         options=ReadOptions(p.transaction, p.db_timeout, p.qualify_columns),
         timeout=p.timeout, linearizable_timeout=p.linearizable_timeout,
         freshness=p.freshness, freshness_strict=p.freshness_strict)
