@@ -33,7 +33,9 @@ from raftsql.http.respond import (
     LEADER_NOT_FOUND,
     MAYBE_APPLIED,
     NOT_LEADER_HEADER,
+    ROUTE,
     SERVED_BY,
+    Route,
     text_error,
     unavailable,
 )
@@ -58,11 +60,14 @@ class _MaybeDelivered(Exception):
 
 async def on_leader(
     state: ApiState, request: web.Request, body: bytes, serve: Callable[[], Awaitable[web.Response]],
-    *, redirect: bool, timeout: float, idempotent: bool, json_errors: bool = True,
-    pretty: bool = False,
+    route: Route, *, redirect: bool, timeout: float, pretty: bool = False,
 ) -> web.Response:
     """`serve()` here if this node leads (it raises NotLeaderError, having done nothing, if
-    not); else forward the request to the leader, or redirect the client to it."""
+    not); else forward the request to the leader, or redirect the client to it. `route`
+    words the failures (for those `serve()` raises too), and says whether the request may
+    be sent again (only if it does not write)."""
+    request[ROUTE] = route
+    json_errors, idempotent = route.json, not route.write
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     failed: tuple[str | None, float] | None = None  # the leader last tried in vain, and when

@@ -22,7 +22,6 @@ from raftsql.http import forward
 from raftsql.http.params import Params, go_duration_string
 from raftsql.http.respond import (
     LEADER_NOT_FOUND,
-    ROUTE,
     TEXT_TYPE,
     VERSION,
     Route,
@@ -226,16 +225,15 @@ async def handle_leader_post(request: web.Request) -> web.Response:
     return await _on_leader(request, body, params, serve, TRANSFER)
 
 
-TRANSFER = Route(json=False, timeout="timeout waiting for a new leader")
+# A transfer sent twice would move leadership twice: like a write, never resent.
+TRANSFER = Route(json=False, write=True, timeout="timeout waiting for a new leader")
 REMOVE = Route(json=False, write=True, timeout="timeout waiting for the membership change")
 
 
 async def _on_leader(request: web.Request, body: bytes, params: Params, serve: Any,
                      route: Route) -> web.Response:
-    request[ROUTE] = route
-    return await forward.on_leader(state_of(request), request, body, serve,
-                                   redirect=params.redirect, timeout=params.timeout,
-                                   idempotent=False, json_errors=False)
+    return await forward.on_leader(state_of(request), request, body, serve, route,
+                                   redirect=params.redirect, timeout=params.timeout)
 
 
 def _leader_target(body: bytes) -> str | None:

@@ -19,7 +19,6 @@ from raftsql.http.params import Params
 from raftsql.http.respond import (
     DISALLOWED_PRAGMA,
     LEADER_NOT_FOUND,
-    ROUTE,
     SERVED_BY,
     Route,
     json_response,
@@ -70,11 +69,9 @@ class _Request:
 
     async def on_leader(self, serve: Callable[[], Awaitable[web.Response]], route: Route,
                         ) -> web.Response:
-        self.http[ROUTE] = route
         p = self.params
-        return await forward.on_leader(self.state, self.http, self.body, serve,
-                                       redirect=p.redirect, timeout=p.timeout,
-                                       idempotent=not route.write, pretty=p.pretty)
+        return await forward.on_leader(self.state, self.http, self.body, serve, route,
+                                       redirect=p.redirect, timeout=p.timeout, pretty=p.pretty)
 
 
 async def _begin(request: web.Request) -> _Request:
