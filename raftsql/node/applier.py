@@ -218,26 +218,34 @@ class Applier:
         loop = asyncio.get_running_loop()
         if loop.time() < self.inline_off_until:
             return None
-        batch = [(e.index, e.data) for e in entries if e.type is EntryType.NORMAL and e.data]
-        results: dict[int, Any] = {}
-        if batch:
+
+        def within(batch: list[tuple[int, bytes]]) -> list[Any] | None:
             if sum(len(data) for _, data in batch) > _INLINE_APPLY_BYTES:
                 return None
-            applied = apply_within(batch, INLINE_BUDGET)
+            applied: list[Any] | None = apply_within(batch, INLINE_BUDGET)
             if applied is None:
                 self.inline_off_until = loop.time() + INLINE_BACKOFF
-                return None
-            for (index, _), result in zip(batch, applied, strict=True):
-                results[index] = result
-        if not batch or batch[-1][0] != entries[-1].index:
-            self._sm.mark_applied(entries[-1].index)
-        return results
+            return applied
+
+        return self._apply_with(entries, within)
 
     def _apply_entries(self, entries: list[Entry]) -> dict[int, Any]:
+        results = self._apply_with(entries, self._sm.apply)
+        assert results is not None  # apply() always applies
+        return results
+
+    def _apply_with(self, entries: list[Entry],
+                    apply: Callable[[list[tuple[int, bytes]]], list[Any] | None]
+                    ) -> dict[int, Any] | None:
+        """Apply the commands among `entries` through `apply` and mark the last entry applied;
+        the results by index, or None when `apply` applied nothing (None)."""
         batch = [(e.index, e.data) for e in entries if e.type is EntryType.NORMAL and e.data]
         results: dict[int, Any] = {}
         if batch:
-            for (index, _), result in zip(batch, self._sm.apply(batch), strict=True):
+            applied = apply(batch)
+            if applied is None:
+                return None
+            for (index, _), result in zip(batch, applied, strict=True):
                 results[index] = result
         if not batch or batch[-1][0] != entries[-1].index:
             self._sm.mark_applied(entries[-1].index)

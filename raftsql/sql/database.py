@@ -487,7 +487,8 @@ class Database:
                 target.close()
         finally:
             source.close()
-        _fsync_file(path)
+        # No fsync: the caller reads the file back and stores the snapshot durably itself
+        # (Storage.save_snapshot), then deletes this copy.
         return applied
 
     def restore(self, path: str, applied_index: int) -> None:
@@ -555,11 +556,3 @@ def _remove_db_files(path: str) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path + suffix)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
