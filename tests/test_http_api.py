@@ -157,6 +157,18 @@ async def test_types_values_and_quirks(client) -> None:
     assert body == b'{"results":[{"columns":["b","e","n"],"types":["blob","text",""],"values":[[[0,255,16],"\\u0001\\u0002",null]]}]}'
 
 
+async def test_native_values_are_what_sqlite_holds(client) -> None:
+    """?native (raftsql's clients): no driver conversions, BLOBs never mistaken for TEXT."""
+    await call(client, "POST", "/db/execute", [
+        "CREATE TABLE nv (r REAL, d DATETIME, ok BOOLEAN, u)",
+        ["INSERT INTO nv VALUES(3.0, '2004-02-14 07:15:00', 1, x'00ff')"],
+    ])
+    _, _, body = await call(client, "GET", "/db/query?native&q=SELECT+*,+x'41'+AS+e+FROM+nv")
+    assert body == (b'{"results":[{"columns":["r","d","ok","u","e"],'
+                    b'"types":["REAL","DATETIME","BOOLEAN","",""],'
+                    b'"values":[[3.0,"2004-02-14 07:15:00",1,[0,255],[65]]]}]}')
+
+
 async def test_expression_types_are_inferred(client) -> None:
     _, _, body = await call(client, "GET", "/db/query?q=SELECT+1,+2.5,+'a',+NULL,+3.0")
     assert json.loads(body)["results"][0]["types"] == ["integer", "real", "text", "", "real"]

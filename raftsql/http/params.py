@@ -146,6 +146,7 @@ class Params:
     pretty = property(lambda self: "pretty" in self.raw)
     associative = property(lambda self: "associative" in self.raw)
     blob_array = property(lambda self: "blob_array" in self.raw)
+    native = property(lambda self: "native" in self.raw)  # raftsql's: values as SQLite has them
     redirect = property(lambda self: "redirect" in self.raw)
     queue = property(lambda self: "queue" in self.raw)
     wait = property(lambda self: "wait" in self.raw)

@@ -54,7 +54,8 @@ class _Request:
         p = self.params
         elements = [
             result_element(r, kind=kind, associative=p.associative, timings=p.timings,
-                           blob_array=p.blob_array, is_read=is_read[i] if is_read else None)
+                           blob_array=p.blob_array, is_read=is_read[i] if is_read else None,
+                           native=p.native)
             for i, r in enumerate(results)
         ]
         body = response_body(

@@ -207,6 +207,19 @@ def convert_rows(
     return types, out
 
 
+def native_types(decltypes: Sequence[str | None] | None, n: int) -> list[str]:
+    """`native`: each column's declared type as the schema spells it ("" for none)."""
+    return [t or "" for t in (decltypes or [None] * n)]
+
+
+def native_rows(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """`native` (raftsql's flag, for its own clients): values as SQLite holds them, none of
+    the Go driver's conversions; a BLOB is always an array of ints, so it cannot be mistaken
+    for TEXT whatever its column's type, and a REAL stays a JSON float (3.0, not 3)."""
+    return [[list(v) if isinstance(v, bytes | bytearray | memoryview) else v for v in row]
+            for row in rows]
+
+
 def _convert(v: Any, declared: str, current: str, blob_array: bool) -> Any:
     if v is None or type(v) is str:
         if v is not None and declared in _TIME_TYPES:
@@ -310,9 +323,10 @@ def write_element(r: StatementResult, timings: bool = False) -> dict[str, Any]:
     return d
 
 
-def rows_element(r: StatementResult, timings: bool = False, blob_array: bool = False) -> dict[str, Any]:
+def rows_element(r: StatementResult, timings: bool = False, blob_array: bool = False,
+                 native: bool = False) -> dict[str, Any]:
     """{columns, types, values, error, time}; `values` omitted when there are no rows."""
-    columns, types, values, error = _converted(r, blob_array)
+    columns, types, values, error = _converted(r, blob_array, native)
     d: dict[str, Any] = {}
     if columns:
         d["columns"] = columns
@@ -326,9 +340,10 @@ def rows_element(r: StatementResult, timings: bool = False, blob_array: bool = F
     return d
 
 
-def associative_element(r: StatementResult, timings: bool = False, blob_array: bool = False) -> dict[str, Any]:
+def associative_element(r: StatementResult, timings: bool = False, blob_array: bool = False,
+                        native: bool = False) -> dict[str, Any]:
     """{types: {col: type}, rows: [{col: value}], error, time}; keys sorted like Go's maps."""
-    columns, types, values, error = _converted(r, blob_array)
+    columns, types, values, error = _converted(r, blob_array, native)
     d: dict[str, Any] = {}
     if columns and types:
         d["types"] = _sorted_map(columns, types)
@@ -340,12 +355,14 @@ def associative_element(r: StatementResult, timings: bool = False, blob_array: b
 
 
 def _converted(
-    r: StatementResult, blob_array: bool
+    r: StatementResult, blob_array: bool, native: bool = False
 ) -> tuple[list[str], list[str], list[list[Any]], str | None]:
     """(columns, types, values, error); a time value out of range fails the whole result."""
     columns = list(r.columns or [])
     if not columns:
         return [], [], [], r.error
+    if native:
+        return columns, native_types(r.decltypes, len(columns)), native_rows(r.rows), r.error
     try:
         types, values = convert_rows(r.decltypes or [None] * len(columns), r.rows, blob_array)
     except TimeRangeError as e:
@@ -368,7 +385,7 @@ class Kind(enum.Enum):
 
 def result_element(
     r: StatementResult, *, kind: Kind, associative: bool = False, timings: bool = False,
-    blob_array: bool = False, is_read: bool | None = None,
+    blob_array: bool = False, is_read: bool | None = None, native: bool = False,
 ) -> dict[str, Any]:
     """One element of `results`.
 
@@ -379,10 +396,10 @@ def result_element(
     """
     if kind is Kind.QUERY or r.columns:
         if associative:
-            return associative_element(r, timings, blob_array)
-        return rows_element(r, timings, blob_array)
+            return associative_element(r, timings, blob_array, native)
+        return rows_element(r, timings, blob_array, native)
     if kind is Kind.REQUEST and associative and r.error and is_read:
-        return associative_element(r, timings, blob_array)
+        return associative_element(r, timings, blob_array, native)
     d = write_element(r, timings)
     if kind is Kind.REQUEST and associative:
         d["rows"] = None
