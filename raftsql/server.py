@@ -15,7 +15,7 @@ from aiohttp import web
 from raftsql.http.app import DEFAULT_MAX_BODY_BYTES, make_app
 from raftsql.node import Node, NodeConfig
 from raftsql.sql.database import Database
-from raftsql.sql.service import SqlService
+from raftsql.sql.service import KEY_CAPACITY, KEY_WINDOW, SqlService
 from raftsql.transport.rpc import serve_app
 from raftsql.transport.websocket import Transport
 
@@ -27,6 +27,8 @@ class ServerConfig:
     node: NodeConfig
     fk: bool = False  # enforce foreign keys in what this node proposes
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    key_window: float = KEY_WINDOW  # seconds an idempotency key is remembered
+    key_capacity: int = KEY_CAPACITY  # and how many are
 
 
 class Server:
@@ -37,7 +39,8 @@ class Server:
         self.database = Database(os.path.join(nc.data_dir, "db.sqlite"), fk=config.fk)
         self.transport = Transport(nc.node_id, secret=nc.cluster_secret, api_url=nc.api_url)
         self.node = Node(nc, self.database, transport=self.transport)
-        self.sql = SqlService(self.node, self.database, fk=config.fk)
+        self.sql = SqlService(self.node, self.database, fk=config.fk,
+                              key_window=config.key_window, key_capacity=config.key_capacity)
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:

@@ -584,3 +584,24 @@ async def test_random_bodies_never_fail_the_node(client, node) -> None:
             assert "results" in json.loads(got)
     status, _, got = await call(client, "GET", "/db/query?q=SELECT+COUNT(*)+FROM+foo")
     assert status == 200
+
+
+async def test_a_write_with_an_idempotency_key_applies_once(client, node) -> None:
+    await call(client, "POST", "/db/execute", ["CREATE TABLE ik (id INTEGER PRIMARY KEY, v)"])
+    key = {"X-Raftsql-Idempotency-Key": "3b241101-e2bb-4255-8caf-4136c566a962",
+           "Content-Type": JSON}
+    body = orjson.dumps([["INSERT INTO ik(v) VALUES(?)", "a"]])
+    first = await client.post("/db/execute", data=body, headers=key)
+    again = await client.post("/db/request", data=body, headers=key)
+    assert first.status == again.status == 200
+    assert "X-Raftsql-Idempotent-Replay" not in first.headers
+    assert again.headers["X-Raftsql-Idempotent-Replay"] == "true"
+    assert untimed(await again.read()) == untimed(await first.read()) == \
+        b'{"results":[{"last_insert_id":1,"rows_affected":1}]}'
+    _, _, rows = await call(client, "GET", "/db/query?q=SELECT+count(*)+FROM+ik")
+    assert json.loads(rows)["results"][0]["values"] == [[1]]
+    before = db_state(node)
+    bad = await client.post("/db/execute", data=body,
+                            headers={**key, "X-Raftsql-Idempotency-Key": "x" * 129})
+    assert bad.status == 400 and b"Idempotency-Key" in await bad.read()
+    assert db_state(node) == before

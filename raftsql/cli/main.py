@@ -61,6 +61,27 @@ def _cluster(value: str) -> dict[str, str]:
     return members
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str) -> float:
+    """"90s", "10m", "1h", "500ms" or plain seconds."""
+    text = value.strip().lower()
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {value!r}") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return seconds
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -120,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
                        help="a file holding a secret every peer request must carry, the same on "
                        "every node (default: none; peer traffic is accepted from anyone)")
+    serve.add_argument("--idempotency-window", type=_duration, default="10m", metavar="DURATION",
+                       help="how long the cluster remembers a write's idempotency key, so a "
+                       "retry of it is not applied again (e.g. 90s, 10m, 1h; the leader's "
+                       "value counts)")
+    serve.add_argument("--idempotency-keys", type=_positive, default=100_000, metavar="N",
+                       help="the most idempotency keys remembered at once (the oldest go first)")
     serve.add_argument("--max-body-bytes", type=_positive, default=64 * 2**20, metavar="BYTES",
                        help="the largest request body the HTTP API accepts (413 above)")
 
@@ -176,7 +203,9 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
     )
 
     async def run() -> int:
-        node = Server(ServerConfig(config, fk=args.fk, max_body_bytes=args.max_body_bytes))
+        node = Server(ServerConfig(config, fk=args.fk, max_body_bytes=args.max_body_bytes,
+                                   key_window=args.idempotency_window,
+                                   key_capacity=args.idempotency_keys))
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))

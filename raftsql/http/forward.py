@@ -29,10 +29,12 @@ from yarl import URL
 from raftsql.errors import NotLeaderError
 from raftsql.http.respond import (
     FORWARDED_HEADER,
+    IDEMPOTENCY_KEY,
     JSON_TYPE,
     LEADER_NOT_FOUND,
     MAYBE_APPLIED,
     NOT_LEADER_HEADER,
+    REPLAYED,
     ROUTE,
     SERVED_BY,
     Route,
@@ -43,7 +45,7 @@ from raftsql.http.state import ApiState
 
 log = logging.getLogger("raftsql.http")
 
-_PASSED_HEADERS = ("Content-Type", "Authorization", "Accept")
+_PASSED_HEADERS = ("Content-Type", "Authorization", "Accept", IDEMPOTENCY_KEY)
 _POLL = 0.05  # seconds between two looks for a leader
 _RETRY_SAME = 0.5  # seconds before a leader that could not be reached is tried again
 _CONNECT_TIMEOUT = 2.0  # a leader that does not accept a connection by then is treated as down
@@ -67,7 +69,9 @@ async def on_leader(
     words the failures (for those `serve()` raises too), and says whether the request may
     be sent again (only if it does not write)."""
     request[ROUTE] = route
-    json_errors, idempotent = route.json, not route.write
+    # A write with an idempotency key is applied at most once, however often it is sent.
+    json_errors = route.json
+    idempotent = not route.write or IDEMPOTENCY_KEY in request.headers
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     failed: tuple[str | None, float] | None = None  # the leader last tried in vain, and when
@@ -150,7 +154,7 @@ async def _proxy(state: ApiState, request: web.Request, leader_url: str, leader_
     if resp.headers.get(NOT_LEADER_HEADER):
         raise _NotDelivered("it is no longer the leader")
     out = {SERVED_BY: served_by}
-    for name in ("Content-Type", "Location", "X-Content-Type-Options", "Retry-After"):
+    for name in ("Content-Type", "Location", "X-Content-Type-Options", "Retry-After", REPLAYED):
         if name in resp.headers:
             out[name] = resp.headers[name]
     return web.Response(status=resp.status, body=data, headers=out)

@@ -36,6 +36,8 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 FORWARDED_HEADER = "X-Raftsql-Forwarded-By"  # a request forwarded by that node: never again
 NOT_LEADER_HEADER = "X-Raftsql-Not-Leader"  # "I did nothing with your forwarded request"
 SERVED_BY = "X-RQLITE-SERVED-BY"
+IDEMPOTENCY_KEY = "X-Raftsql-Idempotency-Key"  # a write applied at most once (sql/keys.py)
+REPLAYED = "X-Raftsql-Idempotent-Replay"  # "true": the key's first outcome, nothing applied
 
 LEADER_NOT_FOUND = "leader not found"
 DISALLOWED_PRAGMA = "disallowed pragma"

@@ -36,6 +36,11 @@ class Command:
     # so every node interrupts the same statement at the same point.
     max_steps: int = 0
     qualify: bool = False  # qualify_columns: row results name columns table.column
+    # An idempotency key (raftsql/sql/keys.py), with the leader's window: how long (ms of the
+    # entries' time) and how many keys are remembered.
+    key: str | None = None
+    key_window_ms: int = 0
+    key_capacity: int = 0
 
     @classmethod
     def new(cls, op: Op, statements: list[Any], transaction: bool = False, **flags: Any) -> Command:
@@ -52,6 +57,8 @@ class Command:
             d["st"] = self.max_steps
         if self.qualify:
             d["qc"] = True
+        if self.key is not None:
+            d["ik"], d["iw"], d["ic"] = self.key, self.key_window_ms, self.key_capacity
         return orjson.dumps(d)
 
     @classmethod
@@ -60,7 +67,8 @@ class Command:
         if d.get("v") != COMMAND_VERSION:
             raise ValueError(f"unsupported command version {d.get('v')!r}")
         return cls(Op(d["op"]), d["stmts"], d["tx"], d["t"], d["r"], d.get("fk", False),
-                   d.get("st", 0), d.get("qc", False))
+                   d.get("st", 0), d.get("qc", False), d.get("ik"), d.get("iw", 0),
+                   d.get("ic", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,10 @@ class ReadOptions:
     transaction: bool = False  # the reads share one snapshot and stop at the first error
     db_timeout: float = 0.0  # seconds a statement may run before "query timeout" (0: no limit)
     qualify: bool = False  # qualify_columns
+
+
+class Replayed(list):  # type: ignore[type-arg]
+    """An entry's results that are its idempotency key's first entry's: it changed nothing."""
 
 
 @dataclass(slots=True)

@@ -59,8 +59,9 @@ from typing import Any
 import apsw
 
 from raftsql.errors import StorageError
-from raftsql.sql.command import Command, ReadOptions, StatementResult
+from raftsql.sql.command import Command, ReadOptions, Replayed, StatementResult
 from raftsql.sql.determinism import JULIAN_UNIX_EPOCH_MS, ClockVFS, EntryRandom
+from raftsql.sql.keys import KeyStore
 from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
 from raftsql.sql.readers import Readers
 from raftsql.sql.session import (
@@ -148,6 +149,9 @@ def _decode_command(data: Any) -> Command:
         raise ValueError(f"bad seed {cmd.seed!r}")
     if type(cmd.max_steps) is not int or cmd.max_steps < 0:
         raise ValueError(f"bad step limit {cmd.max_steps!r}")
+    if cmd.key is not None and not (type(cmd.key) is str and type(cmd.key_window_ms) is int
+                                    and type(cmd.key_capacity) is int and cmd.key_capacity > 0):
+        raise ValueError("bad idempotency key")
     return cmd
 
 
@@ -186,6 +190,8 @@ class Database:
         # for freshness_strict. None until a command is applied.
         self.applied_time_ms: int | None = None
         self._readers = Readers(self.path, readers, fk)
+        self._keys = KeyStore(self.path + "-keys")
+        self._keys_reconciled = False  # keys of entries not applied are forgotten (keys.py)
         self._closed = False
 
     # ---- opening
@@ -221,6 +227,11 @@ class Database:
             self._applied = resolve_index(self._stored_index, log_end)
         except ValueError as e:
             raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from None
+        self._reconcile_keys()
+
+    def _reconcile_keys(self) -> None:
+        self._keys.discard_after(self._applied)
+        self._keys_reconciled = True
 
     # ---- applying committed entries
 
@@ -290,6 +301,8 @@ class Database:
         results: list[Any] = [None] * len(entries)
         todo = [(pos, index, data) for pos, (index, data) in enumerate(entries)
                 if index > self._applied]
+        if not self._keys_reconciled:
+            self._reconcile_keys()
         if todo or self._dirty:
             self._apply_batch(_Batch(todo, results))
         return results
@@ -300,7 +313,7 @@ class Database:
             while batch.position < len(batch.todo):
                 pos, index, data = batch.todo[batch.position]
                 try:
-                    batch.results[pos] = self._apply_entry(batch, pos, data)
+                    batch.results[pos] = self._apply_entry(batch, pos, index, data)
                 except _TransactionLost as lost:
                     self._redo_segment(batch, lost)
                     continue
@@ -328,11 +341,13 @@ class Database:
         batch.replays[lost.key] = lost.replay
         batch.position = batch.segment_start
         self._applied = batch.segment_applied
+        self._keys.rollback()
         self._writer.exec_control("BEGIN IMMEDIATE")
 
     def _commit(self) -> None:
         # The applied index, in the same transaction as what it says was applied.
         self._writer.exec_control(f"PRAGMA application_id = {stored_index(self._applied)}")
+        self._keys.commit()  # first, and fsynced: never fewer keys on disk than applied
         self._writer.exec_control("COMMIT")
         self._dirty = False
 
@@ -356,6 +371,7 @@ class Database:
         self._limits.stop()
         self._applied = batch.segment_applied
         try:
+            self._keys.rollback()
             if self._writer.conn.in_transaction:
                 self._writer.exec_control("ROLLBACK")
         except apsw.Error as e:
@@ -364,14 +380,28 @@ class Database:
     def _abandon_segment(self, batch: _Batch) -> None:
         self._applied = batch.segment_applied
         with contextlib.suppress(Exception):
+            self._keys.rollback()
             if self._writer.conn.in_transaction:
                 self._writer.exec_control("ROLLBACK")
 
-    def _apply_entry(self, batch: _Batch, pos: int, data: Any) -> list[StatementResult]:
+    def _apply_entry(self, batch: _Batch, pos: int, index: int, data: Any
+                     ) -> list[StatementResult]:
         try:
             cmd = _decode_command(data)
         except Exception as e:  # a corrupt entry is an error result, the same on every node
             return [StatementResult(error=f"invalid command: {e}")]
+        if cmd.key is None:
+            return self._run_command(batch, pos, cmd)
+        if self._limits.deadline is not None:
+            raise _OverBudget  # the keys' commit is fsynced: not on the event loop
+        first = self._keys.first_results(cmd.key, cmd.time_ms, cmd.key_window_ms)
+        if first is not None:
+            return Replayed(first)
+        results = self._run_command(batch, pos, cmd)
+        self._keys.record(cmd.key, index, cmd.time_ms, results, cmd.key_capacity)
+        return results
+
+    def _run_command(self, batch: _Batch, pos: int, cmd: Command) -> list[StatementResult]:
         if cmd.fk != self._fk:
             self._set_foreign_keys(batch, cmd.fk)
         self._vfs.set_entry_time(cmd.time_ms)
@@ -487,6 +517,8 @@ class Database:
                 target.close()
         finally:
             source.close()
+        with self._lock:
+            self._keys.copy_into(path)
         # No fsync: the caller reads the file back and stores the snapshot durably itself
         # (Storage.save_snapshot), then deletes this copy.
         return applied
@@ -499,6 +531,7 @@ class Database:
         with self._lock:
             source_path = self._prepare_restore_source(path)
             try:
+                self._keys.load_from(source_path)  # and out of the copy: before it is live
                 source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
                 try:
                     with self._writer.conn.backup("main", source, "main") as backup:
@@ -542,6 +575,7 @@ class Database:
                 self._apply_batch(_Batch([], []))
             self._closed = True
             self._readers.close()
+            self._keys.close()
             self._writer.conn.close()
             self._vfs.unregister()
 

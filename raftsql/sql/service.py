@@ -19,6 +19,9 @@ from raftsql.sql.command import Command, Op, ReadOptions, StatementResult
 from raftsql.sql.database import Database
 from raftsql.sql.session import steps_for
 
+KEY_WINDOW = 600.0  # seconds an idempotency key is remembered...
+KEY_CAPACITY = 100_000  # ...and how many are, at most
+
 
 class Level(enum.StrEnum):
     NONE = "none"
@@ -41,10 +44,15 @@ class Replicator(Protocol):
 
 
 class SqlService:
-    def __init__(self, node: Replicator, database: Database, *, fk: bool = False) -> None:
+    def __init__(self, node: Replicator, database: Database, *, fk: bool = False,
+                 key_window: float = KEY_WINDOW, key_capacity: int = KEY_CAPACITY) -> None:
+        """`key_window` (seconds) and `key_capacity`: how long, and how many, idempotency
+        keys are remembered (raftsql/sql/keys.py); each keyed command carries them."""
         self._node = node
         self.database = database
         self._fk = fk
+        self._key_window_ms = int(key_window * 1000)
+        self._key_capacity = key_capacity
         self._classifier = Classifier(database.path)
 
     def close(self) -> None:
@@ -52,12 +60,15 @@ class SqlService:
 
     async def execute(self, statements: list[Any], *, op: Op = Op.EXECUTE,
                       transaction: bool = False, timeout: float = 30.0,
-                      db_timeout: float = 0.0, qualify: bool = False,
+                      db_timeout: float = 0.0, qualify: bool = False, key: str | None = None,
                       ) -> tuple[list[StatementResult], int]:
         """Through the log, on the leader (NotLeaderError, with nothing proposed, elsewhere):
-        the results and the entry's index."""
+        the results and the entry's index. With an idempotency `key`, applied at most once
+        within the window: a repeat's results are the first's (a `Replayed` list)."""
+        keyed = {} if key is None else {"key": key, "key_window_ms": self._key_window_ms,
+                                        "key_capacity": self._key_capacity}
         command = Command.new(op, statements, transaction, fk=self._fk,
-                              max_steps=steps_for(db_timeout), qualify=qualify)
+                              max_steps=steps_for(db_timeout), qualify=qualify, **keyed)
         result, index = await self._node.propose(command.encode(), timeout)
         if isinstance(result, Exception):
             raise result

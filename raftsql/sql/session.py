@@ -45,6 +45,12 @@ PROGRESS_STEPS = 1000  # SQLite VM steps between two calls of a connection's pro
 _TXN_REFUSED = ("explicit transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) "
                 "is not supported: use the transaction flag")
 _ATTACH_REFUSED = "ATTACH and DETACH are not supported: a cluster replicates one database"
+_CREATE_CODES = frozenset((
+    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_CREATE_VIEW,
+    apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_CREATE_TEMP_TABLE, apsw.SQLITE_CREATE_TEMP_INDEX,
+    apsw.SQLITE_CREATE_TEMP_VIEW, apsw.SQLITE_CREATE_TEMP_TRIGGER, apsw.SQLITE_CREATE_VTABLE,
+))
+RESERVED_PREFIX = "raftsql_"  # raftsql's own tables (a snapshot's keys, the config store)
 _OPTIMIZE_REFUSED = "PRAGMA optimize is not deterministic across nodes: use ANALYZE"
 _APPLICATION_ID_REFUSED = ("PRAGMA application_id is reserved: raftsql keeps the applied log "
                            "index in that header field")
@@ -79,6 +85,8 @@ def _refusal(code: int, arg1: str | None, arg2: str | None, mode: int) -> str | 
         return _TXN_REFUSED
     if code == apsw.SQLITE_ATTACH or code == apsw.SQLITE_DETACH:
         return _ATTACH_REFUSED
+    if code in _CREATE_CODES and (arg1 or "").lower().startswith(RESERVED_PREFIX):
+        return f"object name reserved for raftsql: {arg1}"
     if code == apsw.SQLITE_PRAGMA:
         name = (arg1 or "").lower()
         reason = _pragma_refusal(name, arg2)

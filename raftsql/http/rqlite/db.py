@@ -18,7 +18,9 @@ from raftsql.http.body import is_text_body, parse_statements
 from raftsql.http.params import Params
 from raftsql.http.respond import (
     DISALLOWED_PRAGMA,
+    IDEMPOTENCY_KEY,
     LEADER_NOT_FOUND,
+    REPLAYED,
     SERVED_BY,
     Route,
     json_response,
@@ -29,11 +31,13 @@ from raftsql.http.respond import (
 )
 from raftsql.http.rqlite.encode import Kind, response_body, result_element
 from raftsql.http.state import ApiState, state_of
-from raftsql.sql.command import Op, ReadOptions, StatementResult
+from raftsql.sql.command import Op, ReadOptions, Replayed, StatementResult
+from raftsql.sql.keys import valid_key
 from raftsql.sql.params import disallowed_pragma, is_empty
 from raftsql.sql.service import Level
 
 QUEUE_WAIT_TIMEOUT = "queue wait timeout"
+BAD_KEY = f"{IDEMPOTENCY_KEY} must be 1 to 128 printable ASCII characters"
 WRITE = Route(json=True, write=True, timeout="timeout waiting for commit")
 READ = Route(json=True, timeout="timeout waiting for fsm")
 
@@ -62,7 +66,14 @@ class _Request:
             elements, time=time.perf_counter() - self.start if p.timings else None,
             raft_index=raft_index if p.raft_index else None, pretty=p.pretty,
         )
-        return json_response(body, headers={SERVED_BY: self.state.served_here()})
+        headers = {SERVED_BY: self.state.served_here()}
+        if isinstance(results, Replayed):
+            headers[REPLAYED] = "true"
+        return json_response(body, headers=headers)
+
+    def key_is_valid(self) -> bool:
+        key = self.http.headers.get(IDEMPOTENCY_KEY)
+        return key is None or valid_key(key)
 
     def refused(self, message: str) -> web.Response:
         """The whole request is refused (nothing was applied): 400."""
@@ -93,6 +104,8 @@ async def handle_execute(request: web.Request) -> web.Response:
     statements = parse_statements(req.body, request.headers.get("Content-Type"))
     if disallowed_pragma(statements):
         return req.refused(DISALLOWED_PRAGMA)
+    if not req.key_is_valid():
+        return req.refused(BAD_KEY)
     return await req.on_leader(lambda: _write(req, statements, Op.EXECUTE), WRITE)
 
 
@@ -101,7 +114,8 @@ async def _write(req: _Request, statements: list[Any], op: Op) -> web.Response:
     p = req.params
     results, index = await req.state.sql.execute(
         statements, op=op, transaction=p.transaction, timeout=p.timeout,
-        db_timeout=p.db_timeout, qualify=p.qualify_columns)
+        db_timeout=p.db_timeout, qualify=p.qualify_columns,
+        key=req.http.headers.get(IDEMPOTENCY_KEY))
     is_read = None
     if op is Op.REQUEST and p.associative and any(r.error for r in results):
         sql = req.state.sql
@@ -174,4 +188,6 @@ async def handle_request(request: web.Request) -> web.Response:
         return req.refused(DISALLOWED_PRAGMA)
     if req.state.sql.all_reads(statements):
         return await req.on_leader(lambda: _read(req, statements), READ)
+    if not req.key_is_valid():
+        return req.refused(BAD_KEY)
     return await req.on_leader(lambda: _write(req, statements, Op.REQUEST), WRITE)
