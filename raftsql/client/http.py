@@ -180,9 +180,10 @@ class Cluster:
 
     def query(self, statements: list[Any], *, level: str | None = None,
               transaction: bool = False, params: Mapping[str, Any] | None = None) -> Response:
-        """POST /db/query: reads at `level` (the cluster's default when None)."""
+        """POST /db/query: reads at `level` (the cluster's default when None); a read changes
+        nothing, so it is resent freely (a strong one too: its entry writes nothing)."""
         q = self._read_params(level, transaction, params)
-        return self.send("POST", "/db/query", q, statements, write=level == "strong")
+        return self.send("POST", "/db/query", q, statements)
 
     def request(self, statements: list[Any], *, level: str | None = None,
                 transaction: bool = False, params: Mapping[str, Any] | None = None) -> Response:
