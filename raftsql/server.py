@@ -28,7 +28,7 @@ class ServerConfig:
     fk: bool = False  # enforce foreign keys in what this node proposes
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     key_window: float = KEY_WINDOW  # seconds an idempotency key is remembered
-    key_capacity: int = KEY_CAPACITY  # and how many are
+    key_capacity: int = KEY_CAPACITY  # and for how many log entries
 
 
 class Server:

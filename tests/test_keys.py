@@ -65,11 +65,12 @@ def test_the_window_is_the_entries_time(db):
     assert rows(db, "SELECT count(*) FROM t") == [(2,)]
 
 
-def test_at_most_capacity_keys_are_kept_newest_first(db):
-    db.apply([keyed(i, INSERT, f"k{i}", capacity=2) for i in (2, 3, 4)])
-    [k2, k4] = db.apply([keyed(5, INSERT, "k2", capacity=2), keyed(6, INSERT, "k4", capacity=2)])
+def test_keys_of_the_last_capacity_entries_are_kept(db):
+    db.apply([keyed(i, INSERT, f"k{i}", capacity=3) for i in (2, 3, 4)])
+    # entry 5 keeps entries 3..5: k2 is forgotten, k4 is not
+    [k2, k4] = db.apply([keyed(5, INSERT, "k2", capacity=3), keyed(6, INSERT, "k4", capacity=3)])
     assert not isinstance(k2, Replayed) and isinstance(k4, Replayed)
-    assert db._keys.count() == 2
+    assert db._keys.count() == 2  # k4 (entry 4) and k2 (entry 5); k3 went at entry 6
 
 
 def test_however_batched_every_node_gives_the_same(tmp_path):
@@ -113,7 +114,7 @@ def test_keys_of_entries_the_database_lost_are_forgotten(tmp_path):
     with Database(path) as d:
         d.apply([keyed(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"], None)])
     store = KeyStore(path + "-keys")
-    store.record("k", 2, T0, [], 100)
+    store.record("k", 2, T0, [])
     store.commit()
     store.close()
     with Database(path) as d:
@@ -121,6 +122,39 @@ def test_keys_of_entries_the_database_lost_are_forgotten(tmp_path):
         [replayed] = d.apply([keyed(2, INSERT, "k")])
         assert not isinstance(replayed, Replayed) and replayed[0].rows == [(1, "x")]
         assert rows(d, "SELECT count(*) FROM t") == [(1,)]
+
+
+def test_keys_forgotten_by_entries_the_database_lost_are_remembered_again(tmp_path):
+    """A power cut can take the database's last commits (not fsynced: the log replays them)
+    but not the keys' (fsynced): what those entries forgot must come back, or their replay
+    would apply a repeat that the first run recognised."""
+    path = str(tmp_path / "db.sqlite")
+    script = [keyed(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"], None),
+              keyed(2, INSERT, "k2", capacity=3), keyed(3, INSERT, "k3", capacity=3),
+              keyed(4, INSERT, "k2", capacity=3),   # a repeat: replayed
+              keyed(5, INSERT, "k5", capacity=3)]   # forgets entry 2's key
+    with Database(path) as d:
+        d.apply(script[:3])
+    with open(path, "rb") as f:
+        at_3 = f.read()
+    with Database(path) as d:
+        first = d.apply(script[3:])
+    assert isinstance(first[0], Replayed)
+    with open(path, "wb") as f:  # the database is back at entry 3; the keys file is not
+        f.write(at_3)
+    with Database(path) as d:
+        d.recover(5)
+        again = d.apply(script[3:])
+        assert [isinstance(r, Replayed) for r in again] == [True, False]
+        assert outcome(again) == outcome(first) and rows(d, "SELECT count(*) FROM t") == [(3,)]
+
+
+def test_forgotten_keys_go_for_good_once_the_database_is_durable(db):
+    db.apply([keyed(i, INSERT, f"k{i}", capacity=2) for i in range(2, 12)])
+    stored = db._keys._conn.execute("SELECT count(*) FROM keys").fetchall()[0][0]
+    assert stored == 10 and db._keys.count() == 2
+    db.checkpoint()
+    assert db._keys._conn.execute("SELECT count(*) FROM keys").fetchall()[0][0] == 2
 
 
 def test_a_batch_undone_takes_its_keys_with_it(db):
@@ -142,8 +176,8 @@ def test_keyed_entries_are_not_applied_on_the_event_loop(db):
 
 def test_snapshots_carry_the_keys_and_restores_take_them_out(db, tmp_path):
     db.apply([keyed(2, [["INSERT INTO t(v) VALUES (?)", [0, 255]]], "k", capacity=3)])
-    db.apply([keyed(i, INSERT, f"x{i}", capacity=3) for i in (3, 4, 5)])  # k expires by count
-    db.apply([keyed(6, INSERT, "k", capacity=3)])
+    db.apply([keyed(i, INSERT, f"x{i}", capacity=3) for i in (3, 4, 5)])
+    db.apply([keyed(6, INSERT, "k", capacity=3)])  # k (entry 2) was forgotten: applied
     snap = str(tmp_path / "snap.sqlite")
     assert db.snapshot(snap) == 6
     with Database(str(tmp_path / "other.sqlite")) as other:
@@ -153,8 +187,7 @@ def test_snapshots_carry_the_keys_and_restores_take_them_out(db, tmp_path):
         b = other.apply([keyed(7, INSERT, "x5", capacity=3), keyed(8, INSERT, "new", capacity=3)])
         assert [isinstance(r, Replayed) for r in b] == [True, False]
         assert outcome(a) == outcome(b) and dump(db.path) == dump(other.path)
-        # the counter that decides which keys go came along too
-        assert other._keys.count() == db._keys.count() == 3
+        assert other._keys.count() == db._keys.count() == 2  # entries 6 and 8
 
 
 def test_a_loaded_file_without_keys_clears_them(db, tmp_path):

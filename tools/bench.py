@@ -7,6 +7,8 @@ Workloads (each bounded in time):
   W2 single-row INSERTs from 64 concurrent clients
   W3 1000-row parameterized bulk requests (rows/s)
   W4 linearizable point reads from 64 clients
+  W5 W1 with an idempotency key on every write (what raftsql's own client sends)
+  W6 W2 with an idempotency key on every write
 Baselines, measured in the same run on the same machine:
   apsw:  local apsw INSERTs, each its own transaction, synchronous=FULL (one fsync per commit)
   http:  the same client against a trivial aiohttp endpoint (the client and HTTP overhead alone)
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
@@ -99,9 +102,12 @@ async def run_clients(clients: int, seconds: float, op: Callable[[int], Awaitabl
     return done, latencies
 
 
-async def post(session: aiohttp.ClientSession, url: str, body: object) -> dict:
-    async with session.post(url, data=orjson.dumps(body),
-                            headers={"Content-Type": "application/json"}) as resp:
+async def post(session: aiohttp.ClientSession, url: str, body: object, key: str | None = None
+               ) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["X-Raftsql-Idempotency-Key"] = key
+    async with session.post(url, data=orjson.dumps(body), headers=headers) as resp:
         raw = await resp.read()
     try:
         data = orjson.loads(raw) if resp.status == 200 else None
@@ -131,6 +137,11 @@ async def bench_cluster(url: str, seconds: float, only: set[str], profile: Profi
             await post(s, url + "/db/execute", [["INSERT INTO b(v) VALUES(?)", f"value {seq}"]])
             return 1
 
+        async def keyed_insert(seq: int) -> int:
+            await post(s, url + "/db/execute", [["INSERT INTO b(v) VALUES(?)", f"keyed {seq}"]],
+                       key=uuid.uuid4().hex)
+            return 1
+
         async def bulk(seq: int) -> int:
             rows = [["INSERT INTO b(v) VALUES(?)", f"bulk {seq} {i}"] for i in range(1000)]
             await post(s, url + "/db/execute?transaction", rows)
@@ -148,6 +159,8 @@ async def bench_cluster(url: str, seconds: float, only: set[str], profile: Profi
             ("W2", "W2 insert, 64 clients", 64, insert, "ops"),
             ("W3", "W3 bulk 1000 rows, 1 client", 1, bulk, "rows"),
             ("W4", "W4 linearizable read, 64 clients", 64, read, "ops"),
+            ("W5", "W5 keyed insert, 1 client", 1, keyed_insert, "ops"),
+            ("W6", "W6 keyed insert, 64 clients", 64, keyed_insert, "ops"),
         ]
         results = {}
         for key, name, clients, op, unit in plan:
@@ -243,7 +256,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each workload")
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--only", default="W1,W2,W3,W4", help="workloads to run, e.g. W1,W2")
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6", help="workloads to run, e.g. W1,W2")
     parser.add_argument("--no-baselines", action="store_true", help="skip the apsw and http baselines")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the leader and a follower into DIR")
     parser.add_argument("--keep", metavar="DIR", help="keep the nodes' data and logs in DIR")
@@ -276,12 +289,15 @@ def main() -> int:
     if http_base is None:
         return 0
     w1, w2, w4 = results.get("W1"), results.get("W2"), results.get("W4")
+    w5, w6 = results.get("W5"), results.get("W6")
     print("ratios:")
     print(f"  W1 / apsw fsync-per-insert      {ratio(w1, apsw_base)}")
     print(f"  W1 / trivial http, 1 client     {ratio(w1, http_base['1'])}")
     print(f"  W2 / trivial http, 64 clients   {ratio(w2, http_base['64'])}")
     print(f"  W2 / W1 (group commit gain)     {ratio(w2, w1)}")
     print(f"  W4 / trivial http, 64 clients   {ratio(w4, http_base['64'])}")
+    print(f"  W5 / W1 (idempotency keys)      {ratio(w5, w1)}")
+    print(f"  W6 / W2 (idempotency keys)      {ratio(w6, w2)}")
     return 0
 
 

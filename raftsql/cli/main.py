@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "retry of it is not applied again (e.g. 90s, 10m, 1h; the leader's "
                        "value counts)")
     serve.add_argument("--idempotency-keys", type=_positive, default=100_000, metavar="N",
-                       help="the most idempotency keys remembered at once (the oldest go first)")
+                       help="idempotency keys are remembered for at most this many log "
+                       "entries, so at most this many are kept (the oldest go first)")
     serve.add_argument("--max-body-bytes", type=_positive, default=64 * 2**20, metavar="BYTES",
                        help="the largest request body the HTTP API accepts (413 above)")
 

@@ -230,7 +230,7 @@ class Database:
         self._reconcile_keys()
 
     def _reconcile_keys(self) -> None:
-        self._keys.discard_after(self._applied)
+        self._keys.rewind(self._applied)  # the database's file may have lost commits
         self._keys_reconciled = True
 
     # ---- applying committed entries
@@ -290,7 +290,9 @@ class Database:
 
     def _checkpoint(self) -> None:
         try:
-            self._writer.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            wal, copied = self._writer.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            if copied == wal:  # the whole WAL is in the fsynced file: durable up to here
+                self._keys.purge(self._applied)
         except apsw.BusyError:
             return  # a reader holds the WAL: the next one will do (as SQLite's own would)
         except LOCAL_ERRORS as e:
@@ -394,11 +396,12 @@ class Database:
             return self._run_command(batch, pos, cmd)
         if self._limits.deadline is not None:
             raise _OverBudget  # the keys' commit is fsynced: not on the event loop
-        first = self._keys.first_results(cmd.key, cmd.time_ms, cmd.key_window_ms)
+        first = self._keys.first_results(cmd.key, index, cmd.time_ms, cmd.key_window_ms,
+                                         cmd.key_capacity)
         if first is not None:
             return Replayed(first)
         results = self._run_command(batch, pos, cmd)
-        self._keys.record(cmd.key, index, cmd.time_ms, results, cmd.key_capacity)
+        self._keys.record(cmd.key, index, cmd.time_ms, results)
         return results
 
     def _run_command(self, batch: _Batch, pos: int, cmd: Command) -> list[StatementResult]:

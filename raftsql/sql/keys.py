@@ -7,18 +7,22 @@ recorded. A client may therefore resend a write whose outcome it does not know (
 a leader change) and it is applied at most once.
 
 What is recent must be the same on every node, so it is decided by the entries themselves:
-each keyed entry carries the leader's window (`window_ms`, and `capacity`, the most keys
-kept), and applying it first forgets the keys older than its time minus the window, then,
-after recording its own, all but the newest `capacity`. Every node does exactly this at the
-same entries, however its batches are cut.
+each keyed entry carries the leader's window (`window_ms`, and `capacity`, in log entries),
+and applying it forgets the keys of entries older than its time minus the window or more
+than `capacity` entries before it. Every node does exactly this at the same entries, however
+its batches are cut.
 
 The keys live in a SQLite file of their own beside the database (`db.sqlite-keys`): user SQL
-never sees it (the database holds only the user's schema, docs/design.md §8). It is written
-in a transaction that follows the database's batch transaction (rolled back with it,
-committed just before it, and fsynced), so on disk it never holds less than the database
-has applied: a crash between the two commits leaves keys of entries the database has not
-applied, and opening forgets those (`discard_after`); the entries replay and record them
-again. Snapshots carry the keys (`copy_into`, `load_from`).
+never sees it (the database holds only the user's schema, docs/design.md §8). Its
+transaction shadows the database's batch transaction: rolled back with it, and committed
+(and fsynced) just before it, so on disk it is never behind the database. It may be ahead:
+after a crash between the two commits, and after a power cut, which can take the last
+commits of the database (it is not fsynced: the Raft log replays them) but not of this file.
+So nothing here is undone by deleting: a forgotten key is marked with the entry that forgot
+it, and `rewind(applied)` takes the file back exactly to what it held at `applied` (keys of
+later entries deleted, their forgetting undone). Marked keys are deleted for good only once
+the database is durable past the entry that forgot them (`purge`, after a full checkpoint,
+and at open). Snapshots carry the keys (`copy_into`, `load_from`).
 """
 
 from __future__ import annotations
@@ -34,21 +38,21 @@ import orjson
 
 from raftsql.sql.command import StatementResult
 
-# In a snapshot copy of the database: names user SQL may not create (raftsql_ is reserved).
+# In a snapshot copy of the database: a name user SQL may not create (raftsql_ is reserved).
 SNAPSHOT_TABLE = "raftsql_keys"
-SNAPSHOT_COUNTER = "raftsql_keys_counter"
 MAX_KEY_LENGTH = 128
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order keys were recorded in
-    key TEXT NOT NULL UNIQUE,
-    entry INTEGER NOT NULL,                 -- the Raft index of the entry that applied
-    time_ms INTEGER NOT NULL,               -- that entry's time (the leader's clock)
-    results BLOB NOT NULL
+    entry INTEGER PRIMARY KEY,  -- the Raft index of the entry that applied (one key each)
+    key TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,   -- that entry's time (the leader's clock)
+    results BLOB NOT NULL,
+    forgotten INTEGER           -- the entry that forgot it; NULL while remembered
 );
-CREATE INDEX IF NOT EXISTS keys_by_time ON keys(time_ms);
-CREATE INDEX IF NOT EXISTS keys_by_entry ON keys(entry);
+CREATE UNIQUE INDEX IF NOT EXISTS live_keys ON keys(key) WHERE forgotten IS NULL;
+CREATE INDEX IF NOT EXISTS live_by_time ON keys(time_ms) WHERE forgotten IS NULL;
+CREATE INDEX IF NOT EXISTS by_forgotten ON keys(forgotten) WHERE forgotten IS NOT NULL;
 """
 
 
@@ -84,39 +88,54 @@ class KeyStore:
 
     # ---- applying a keyed entry
 
-    def first_results(self, key: str, time_ms: int, window_ms: int) -> list[StatementResult] | None:
-        """Forget keys older than the window as of this entry; the results the key's first
+    def first_results(self, key: str, entry: int, time_ms: int, window_ms: int, capacity: int
+                      ) -> list[StatementResult] | None:
+        """Forget what is no longer recent as of this entry; the results the key's first
         entry gave, or None when it is new."""
         self._begin()
-        self._conn.execute("DELETE FROM keys WHERE time_ms < ?", (time_ms - window_ms,))
-        row = self._conn.execute("SELECT results FROM keys WHERE key = ?", (key,)).fetchall()
+        self._conn.execute("UPDATE keys SET forgotten = ? WHERE forgotten IS NULL AND time_ms < ?",
+                           (entry, time_ms - window_ms))
+        self._conn.execute("UPDATE keys SET forgotten = ? WHERE forgotten IS NULL AND entry <= ?",
+                           (entry, entry - capacity))
+        row = self._conn.execute("SELECT results FROM keys WHERE key = ? AND forgotten IS NULL",
+                                 (key,)).fetchall()
         return decode_results(row[0][0]) if row else None
 
-    def record(self, key: str, entry: int, time_ms: int, results: Sequence[StatementResult],
-               capacity: int) -> None:
+    def record(self, key: str, entry: int, time_ms: int, results: Sequence[StatementResult]
+               ) -> None:
         self._begin()
-        self._conn.execute("INSERT INTO keys(key, entry, time_ms, results) VALUES (?,?,?,?)",
-                           (key, entry, time_ms, encode_results(results)))
-        self._conn.execute("DELETE FROM keys WHERE seq <= ?",
-                           (self._conn.last_insert_rowid() - capacity,))
+        self._conn.execute("INSERT INTO keys(entry, key, time_ms, results) VALUES (?,?,?,?)",
+                           (entry, key, time_ms, encode_results(results)))
 
     # ---- opening, snapshots
 
-    def discard_after(self, applied: int) -> None:
-        """Forget keys of entries the database has not applied (see the module docstring)."""
-        self._conn.execute("DELETE FROM keys WHERE entry > ?", (applied,))
+    def rewind(self, applied: int) -> None:
+        """Back to what this held when the database had applied `applied`: at open, when the
+        database may have lost commits this file kept (see the module docstring)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM keys WHERE entry > ?", (applied,))
+        conn.execute("UPDATE keys SET forgotten = NULL WHERE forgotten > ?", (applied,))
+        conn.execute("DELETE FROM keys WHERE forgotten <= ?", (applied,))  # durable there
+        conn.execute("COMMIT")
+
+    def purge(self, durable: int) -> None:
+        """The database is durable up to `durable`: what was forgotten by then can go."""
+        self.rollback()
+        self._conn.execute("DELETE FROM keys WHERE forgotten <= ?", (durable,))
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM keys").fetchall()[0][0])
+        """Keys remembered (not forgotten)."""
+        sql = "SELECT count(*) FROM keys WHERE forgotten IS NULL"
+        return int(self._conn.execute(sql).fetchall()[0][0])
 
     def copy_into(self, path: str) -> None:
-        """Add the keys to the snapshot copy of the database at `path`."""
+        """Add the keys remembered to the snapshot copy of the database at `path`."""
         conn = self._conn
         conn.execute("ATTACH ? AS snap", (path,))
         try:
-            conn.execute(f"CREATE TABLE snap.{SNAPSHOT_TABLE} AS SELECT * FROM main.keys;"
-                         f"CREATE TABLE snap.{SNAPSHOT_COUNTER} AS SELECT seq FROM "
-                         "main.sqlite_sequence WHERE name = 'keys'")
+            conn.execute(f"CREATE TABLE snap.{SNAPSHOT_TABLE} AS SELECT entry, key, time_ms, "
+                         "results FROM main.keys WHERE forgotten IS NULL")
         finally:
             conn.execute("DETACH snap")
 
@@ -129,15 +148,11 @@ class KeyStore:
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM snap.sqlite_schema")}
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM keys; DELETE FROM sqlite_sequence WHERE name = 'keys'")
+            conn.execute("DELETE FROM keys")
             if SNAPSHOT_TABLE in tables:
-                conn.execute(f"INSERT INTO keys SELECT * FROM snap.{SNAPSHOT_TABLE}")
+                conn.execute("INSERT INTO keys(entry, key, time_ms, results) SELECT entry, key, "
+                             f"time_ms, results FROM snap.{SNAPSHOT_TABLE}")
                 conn.execute(f"DROP TABLE snap.{SNAPSHOT_TABLE}")
-            if SNAPSHOT_COUNTER in tables:
-                conn.execute("DELETE FROM sqlite_sequence WHERE name = 'keys';"
-                             "INSERT INTO sqlite_sequence(name, seq) SELECT 'keys', seq FROM "
-                             f"snap.{SNAPSHOT_COUNTER}")
-                conn.execute(f"DROP TABLE snap.{SNAPSHOT_COUNTER}")
             conn.execute("COMMIT")
         except BaseException:
             self.rollback()

@@ -20,7 +20,7 @@ from raftsql.sql.database import Database
 from raftsql.sql.session import steps_for
 
 KEY_WINDOW = 600.0  # seconds an idempotency key is remembered...
-KEY_CAPACITY = 100_000  # ...and how many are, at most
+KEY_CAPACITY = 100_000  # ...and for how many log entries, at most
 
 
 class Level(enum.StrEnum):
