@@ -64,7 +64,8 @@ EXCEPTIONS = (Warning, Error, InterfaceError, DatabaseError, DataError, Operatio
 
 # First match wins; each pattern is a fragment of SQLite's (or the server's) message.
 _SQL_ERRORS: tuple[tuple[tuple[str, ...], type[Error]], ...] = (
-    (("constraint failed", "datatype mismatch"), IntegrityError),
+    # "cannot store ... value in ... column": a STRICT table's SQLITE_CONSTRAINT_DATATYPE
+    (("constraint failed", "datatype mismatch", "cannot store"), IntegrityError),
     (("too big", "too large"), DataError),
     (("not enough args", "bindings supplied", "placeholder", "column index out of range",
       "positional and named parameters", "unsupported type"), ProgrammingError),
