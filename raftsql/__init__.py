@@ -1,5 +1,8 @@
 """raftsql: SQLite replicated with Raft, with an rqlite-compatible HTTP API.
 
+Clients: `raftsql.connect(url)` (the same function as `raftsql.dbapi.connect`, PEP 249) and
+`raftsql.aio` (asyncio); see docs/client.md.
+
 Embedding: `raftsql.Node(raftsql.NodeConfig(...), state_machine=...)` runs a node inside
 your program; `await node.start()`, `await node.propose(data)`, `await node.stop()`.
 """
@@ -7,7 +10,7 @@ your program; `await node.start()`, `await node.propose(data)`, `await node.stop
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Node", "NodeConfig", "__version__"]
+__all__ = ["Node", "NodeConfig", "__version__", "connect"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +19,12 @@ def __getattr__(name: str) -> Any:
         from raftsql.node import node
 
         return getattr(node, name)
+    if name == "connect":
+        from raftsql.client.dbapi import connect
+
+        return connect
+    if name in ("dbapi", "aio"):
+        import importlib
+
+        return importlib.import_module(f"raftsql.{name}")
     raise AttributeError(name)

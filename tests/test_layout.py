@@ -24,7 +24,9 @@ MAY_IMPORT = {
     "client": set(),
     "shell": {"client"},
     "cli": {"server", "client", "shell"},
-    "": {"node", "cli"},  # raftsql/__init__.py (Node, lazily), __main__.py
+    "dbapi": {"client"},  # raftsql/dbapi.py: raftsql.client.dbapi under a short name
+    "aio": {"client"},  # raftsql/aio.py: raftsql.client.aio likewise
+    "": {"node", "cli", "client"},  # raftsql/__init__.py (Node and connect, lazily), __main__.py
 }
 
 
