@@ -206,6 +206,18 @@ def test_writes_carry_an_idempotency_key(conn, table, monkeypatch):
     assert len(keys) == 2 and len(set(keys)) == 2 and all(keys)
 
 
+def test_keys_can_be_left_out(conn, table, monkeypatch):
+    plain = raftsql.dbapi.connect(conn._cluster.seeds, idempotency_keys=False)
+    seen = []
+    real = plain._cluster._roundtrip
+    monkeypatch.setattr(plain._cluster, "_roundtrip",
+                        lambda url, m, t, d, headers, to: seen.append(dict(headers))
+                        or real(url, m, t, d, headers, to))
+    plain.execute(f"INSERT INTO {table}(n) VALUES (1)")
+    assert seen and not any(IDEMPOTENCY_HEADER in h for h in seen)
+    plain.close()
+
+
 # ---- batches
 
 

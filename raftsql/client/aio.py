@@ -66,15 +66,15 @@ class _Pending(Generic[T]):
 
 
 def connect(urls: str | Sequence[str] | None = None, *, consistency: str | None = None,
-            timeout: float = 10.0, auth: tuple[str, str] | str | None = None
-            ) -> _Pending[Connection]:
+            timeout: float = 10.0, auth: tuple[str, str] | str | None = None,
+            idempotency_keys: bool = True) -> _Pending[Connection]:
     """`conn = await connect(...)` or `async with connect(...) as conn:`; the arguments are
     those of raftsql.dbapi.connect."""
 
     async def make() -> Connection:
         conn = Connection()
         try:
-            await conn._run(conn._open, urls, consistency, timeout, auth)
+            await conn._run(conn._open, urls, consistency, timeout, auth, idempotency_keys)
         except BaseException:
             conn._executor.shutdown(wait=False)  # no thread left behind by a failed connect
             raise
@@ -100,8 +100,10 @@ class Connection:
         self._conn: dbapi.Connection | None = None
         self._closed = False
 
-    def _open(self, urls: Any, consistency: str | None, timeout: float, auth: Any) -> None:
-        self._conn = dbapi.connect(urls, consistency=consistency, timeout=timeout, auth=auth)
+    def _open(self, urls: Any, consistency: str | None, timeout: float, auth: Any,
+              idempotency_keys: bool) -> None:
+        self._conn = dbapi.connect(urls, consistency=consistency, timeout=timeout, auth=auth,
+                                   idempotency_keys=idempotency_keys)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on this connection's worker thread."""

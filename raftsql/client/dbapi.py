@@ -70,13 +70,18 @@ Parameters = Sequence[Any] | Mapping[str, Any] | None
 
 
 def connect(urls: str | Sequence[str] | None = None, *, consistency: str | None = None,
-            timeout: float = 10.0, auth: tuple[str, str] | str | None = None) -> Connection:
+            timeout: float = 10.0, auth: tuple[str, str] | str | None = None,
+            idempotency_keys: bool = True) -> Connection:
     """A connection to the cluster reached through `urls` (one or more seeds, "a,b" or a
     list; RAFTSQL_URL or http://127.0.0.1:4001 when none). `consistency`: the read level
     (none, weak, linearizable, strong; the cluster's default when None). `timeout`: seconds
     a request may take, failovers included. `auth`: (user, password), "user:password", or
-    the URLs' userinfo. Nothing is sent until the first statement."""
-    return Connection(urls, consistency=consistency, timeout=timeout, auth=auth)
+    the URLs' userinfo. `idempotency_keys`: send a key with every write, so that it can be
+    resent through a failover and still apply once (False: faster writes, but a write whose
+    outcome is unknown raises OperationalError instead). Nothing is sent until the first
+    statement."""
+    return Connection(urls, consistency=consistency, timeout=timeout, auth=auth,
+                      idempotency_keys=idempotency_keys)
 
 
 class Connection:
@@ -94,12 +99,13 @@ class Connection:
 
     def __init__(self, urls: str | Sequence[str] | None = None, *,
                  consistency: str | None = None, timeout: float = 10.0,
-                 auth: tuple[str, str] | str | None = None):
+                 auth: tuple[str, str] | str | None = None, idempotency_keys: bool = True):
         if consistency is not None and consistency not in LEVELS:
             raise ProgrammingError(f"consistency must be one of {', '.join(LEVELS)} or None, "
                                    f"not {consistency!r}")
         try:
-            self._cluster = Cluster(urls, timeout=timeout, auth=auth)
+            self._cluster = Cluster(urls, timeout=timeout, auth=auth,
+                                    idempotent_writes=idempotency_keys)
         except ValueError as e:
             raise InterfaceError(str(e)) from None
         self.consistency = consistency
