@@ -605,3 +605,14 @@ async def test_a_write_with_an_idempotency_key_applies_once(client, node) -> Non
                             headers={**key, "X-Raftsql-Idempotency-Key": "x" * 129})
     assert bad.status == 400 and b"Idempotency-Key" in await bad.read()
     assert db_state(node) == before
+
+
+async def test_bodies_larger_than_one_read_arrive_whole(client) -> None:
+    """A body that is all received but not yet all read is not over (at_eof, not is_eof):
+    bodies over 64 KiB were cut short and refused as invalid JSON."""
+    await call(client, "POST", "/db/execute", ["CREATE TABLE big (v TEXT)"])
+    rows = [["INSERT INTO big VALUES(?)", "x" * 1000 + str(i)] for i in range(300)]
+    status, _, body = await call(client, "POST", "/db/execute?transaction", rows)
+    assert status == 200, body
+    _, _, body = await call(client, "GET", "/db/query?q=SELECT+count(*),+sum(length(v))+FROM+big")
+    assert json.loads(body)["results"][0]["values"] == [[300, 300 * 1000 + 10 + 90 * 2 + 200 * 3]]

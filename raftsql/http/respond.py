@@ -81,7 +81,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise RequestError(413, "request body too large")
         chunks.append(chunk)
-        if content.is_eof():  # the common case: the whole body came in one read
+        if content.at_eof():  # the common case: the whole body came in one read
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
