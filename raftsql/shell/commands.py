@@ -6,7 +6,10 @@ A mixin of RaftShell (shell.py): it uses the shell's `cluster`, `render`, `write
 
 from __future__ import annotations
 
+import base64
 import json
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -60,6 +63,26 @@ class ClusterCommands(DataCommands):
             raise self.Error(f"{what}: the server refused ({response.status}): "
                              f"{answer_text(response)}")
         return response
+
+    def direct(self: RaftShell, method: str, path: str, body: Any = None) -> Response | None:
+        """One request to the current node, never resent: its answer as it is (a 503 with the
+        server's reason included), or None when the node could not be reached. For requests
+        whose refusal the user must read (a stepdown, a removal), which the client core
+        would keep retrying until its timeout."""
+        url = self.cluster.current
+        headers = {"Content-Type": "application/json"}
+        if self.auth:
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        data = None if body is None else orjson.dumps(body)
+        request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.cluster.timeout) as answer:
+                return Response(answer.status, dict(answer.headers), answer.read(), url)
+        except urllib.error.HTTPError as e:
+            return Response(e.code, dict(e.headers), e.read(), url)
+        except OSError:
+            return None
 
     def nodes(self: RaftShell) -> list[dict[str, Any]]:
         """The members, as GET /nodes?ver=2 lists them."""
@@ -128,19 +151,15 @@ class ClusterCommands(DataCommands):
 
     def command_ready(self: RaftShell, cmd: list[str]) -> None:
         """ready: Ask the current node whether it can serve (GET /readyz)"""
-        # This node, not any node: a client core that moves on after a 503 would hide it.
-        one = Cluster(self.cluster.current, timeout=min(self.cluster.timeout, 3.0),
-                      auth=self.auth)
-        try:
-            response = one.send("GET", "/readyz")
-            lines = response.body.decode(errors="replace").splitlines()
-            checks = "; ".join(line.strip() for line in lines if line.strip())
-            word = "ready" if response.status == 200 else f"not ready ({response.status})"
-            self.say(f"{word}: {one.current}: {checks}")
-        except ClientError as e:
-            self.say(f"not ready: {describe(e, one.timeout)}")
-        finally:
-            one.close()
+        # This node, not any node: the client core would move on after a 503 and hide it.
+        response = self.direct("GET", "/readyz")
+        if response is None:
+            self.say(f"not ready: {self.cluster.current} does not answer")
+            return
+        lines = response.body.decode(errors="replace").splitlines()
+        checks = "; ".join(line.strip() for line in lines if line.strip())
+        word = "ready" if response.status == 200 else f"not ready ({response.status})"
+        self.say(f"{word}: {response.url}: {checks}")
 
     def command_consistency(self: RaftShell, cmd: list[str]) -> None:
         """consistency ?LEVEL?: Show or set the read consistency level
@@ -187,8 +206,11 @@ class ClusterCommands(DataCommands):
         """remove ID: Remove the node ID from the cluster (DELETE /remove)"""
         if len(cmd) != 1:
             raise self.Error("remove takes a node id")
-        self.served(self.cluster.send("DELETE", "/remove", body={"id": cmd[0]}, write=True),
-                    f"removing {cmd[0]}")
+        body = {"id": cmd[0]}
+        response = self.direct("DELETE", "/remove", body)
+        if response is None:  # this node is gone: any other will forward it to the leader
+            response = self.cluster.send("DELETE", "/remove", body=body, write=True)
+        self.served(response, f"removing {cmd[0]}")
         self.say(f"removed {cmd[0]}")
 
     def command_stepdown(self: RaftShell, cmd: list[str]) -> None:
@@ -196,7 +218,10 @@ class ClusterCommands(DataCommands):
         if len(cmd) > 1:
             raise self.Error("stepdown takes at most a node id")
         body = {"id": cmd[0]} if cmd else None
-        self.served(self.cluster.send("POST", "/leader", body=body, write=True), "stepdown")
+        response = self.direct("POST", "/leader", body)
+        if response is None:
+            response = self.cluster.send("POST", "/leader", body=body, write=True)
+        self.served(response, "stepdown")
         leader = next((m.get("id") for m in self.nodes() if m.get("leader")), None)
         self.say(f"the leader stepped down; now leading: {leader or 'not yet known'}")
 

@@ -65,7 +65,8 @@ def main(args: argparse.Namespace | Any) -> int:
         return 2
     auth = credentials(getattr(args, "user", None), interactive)
     cluster = Cluster(urls, timeout=getattr(args, "timeout", DEFAULT_TIMEOUT), auth=auth)
-    shell = RaftShell(cluster, stdin=io.StringIO(sql) if sql is not None else sys.stdin,
+    # `-c "SELECT 1"`: the last statement needs no semicolon (an empty statement is skipped).
+    shell = RaftShell(cluster, stdin=io.StringIO(sql + "\n;") if sql is not None else sys.stdin,
                       level=getattr(args, "consistency", None), auth=auth,
                       interactive=interactive, line_numbers=sql is None)
     return shell.run()

@@ -216,6 +216,19 @@ class RaftShell(ClusterCommands, apsw.shell.Shell):
                 out(False, apsw.shell.Shell.Row(is_first=i == 0, is_last=i == last, row=row,
                                                 columns=columns) if wants_row else row)
 
+    def output_markdown(self, header: Any, line: Any) -> None:
+        """
+        A Markdown (GitHub) table: a header row, a rule, then one row per line.
+        """
+        def cell(v: Any) -> str:
+            return self._fmt_text_col(v).replace("|", "\\|").replace("\n", " ")
+
+        if header:
+            self.write(self.stdout, "| " + " | ".join(cell(c) for c in line) + " |\n")
+            self.write(self.stdout, "|" + "|".join("---" for _ in line) + "|\n")
+            return
+        self.write(self.stdout, "| " + " | ".join(cell(v) for v in line) + " |\n")
+
     @contextlib.contextmanager
     def _paged(self) -> Iterator[None]:
         """On a terminal, a result taller than the screen goes through $PAGER (or
