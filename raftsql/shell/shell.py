@@ -64,6 +64,9 @@ class RaftShell(ClusterCommands, apsw.shell.Shell):
         if interactive is not None:
             self.interactive = interactive
         self.history_file = HISTORY_FILE
+        if "NO_COLOR" in os.environ:  # no-color.org, as apsw honours it on its command line
+            self.colour_scheme = "off"
+            self._out_colour()
         self.dbfilename = cluster.current  # not a transient in-memory database
         self.update_prompt()
 
@@ -289,6 +292,13 @@ class RaftShell(ClusterCommands, apsw.shell.Shell):
         self.command_output(cmd)
         self._once_state = "new"
 
+    def command_exit(self, cmd: list[str], name: str = "exit") -> None:
+        if not cmd:  # no code given: the session's own status (1 if anything failed)
+            raise SystemExit(None)
+        super().command_exit(cmd, name)
+
+    command_exit.__doc__ = "exit ?CODE?: Exit, with CODE or else 1 if anything failed, 0 if not"
+
     def _append_input_description(self) -> None:
         if not self.interactive and self.line_numbers:
             name = getattr(self.stdin, "name", None)
@@ -353,7 +363,9 @@ class RaftShell(ClusterCommands, apsw.shell.Shell):
         try:
             self.cmdloop(intro=intro)
         except SystemExit as e:
-            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if e.code is None:
+                return 1 if self.failed else 0
+            return e.code if isinstance(e.code, int) else 1
         except BaseException:  # .bail on: the message has been written
             return 1
         finally:
