@@ -3,11 +3,14 @@ and its pure parts (statement splitting, error words) alone."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import pytest
 
 from raftsql.cli.launcher import LocalCluster, free_ports, http
 from raftsql.client.http import Cluster, Unavailable
-from raftsql.shell.shell import RaftShell
+from raftsql.shell.shell import RaftShell, page
 from raftsql.shell.statements import describe, split_statements, transaction_word, with_position
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,6 +324,30 @@ def test_help_lists_sqlite_and_rqlite_commands(url: str) -> None:
                     "parameter"):
         assert f"\n.{command}" in err, command
     assert ".nodes" in err and "List the cluster's members" in err
+    assert "\n.open" not in err and "\n.vfslist" not in err  # they only say "not here"
+
+
+def test_timer_and_changes(url: str) -> None:
+    ok(url, "DROP TABLE IF EXISTS tc; CREATE TABLE tc(x);")
+    code, out, err = run(url, ".timer on\n.changes on\nINSERT INTO tc VALUES(1),(2);\n")
+    assert (code, out) == (0, "changes: 2\n")
+    assert err.startswith("Run Time: real ") and f"(answered by {url})" in err
+
+
+def test_a_long_result_goes_through_the_pager_only_on_a_tall_enough_terminal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 80, 0, 0))
+    paged = tmp_path / "paged.txt"
+    monkeypatch.setenv("PAGER", f"cat > {paged}")
+    with os.fdopen(slave, "w") as tty:
+        page("short\n", tty)
+        tty.flush()
+        assert os.read(master, 100) == b"short\r\n"
+        assert not paged.exists()
+        page("".join(f"line {i}\n" for i in range(30)), tty)
+    os.close(master)
+    assert paged.read_text().splitlines()[-1] == "line 29"
 
 
 def test_an_unreachable_cluster_is_one_line_and_status_1() -> None:

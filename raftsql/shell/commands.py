@@ -40,6 +40,7 @@ def _unavailable(name: str, usage: str, why: str) -> Any:
         raise self.Error(f".{name} is not available in raftsql shell: {why}")
 
     command.__doc__ = f"{usage}: (not available here: {why})"
+    command.unavailable = True  # type: ignore[attr-defined]
     return command
 
 
@@ -49,6 +50,12 @@ _LOCAL_ONLY = "it acts on a local SQLite connection, and the cluster's is remote
 
 class ClusterCommands(DataCommands):
     """The commands that speak to the cluster's management routes."""
+
+    def __dir__(self) -> list[str]:
+        # apsw builds `.help` and command completion from dir(): the commands that only say
+        # "not available" are left out of both (typing them still says why).
+        return [name for name in super().__dir__()
+                if not getattr(getattr(type(self), name, None), "unavailable", False)]
 
     # ---- asking the cluster
 
