@@ -20,6 +20,7 @@ import pytest
 
 from raftsql.cli.launcher import LocalCluster, free_ports, http
 from raftsql.client.http import Cluster, Unavailable
+from raftsql.shell.main import credentials
 from raftsql.shell.shell import RaftShell, page
 from raftsql.shell.statements import describe, split_statements, transaction_word, with_position
 
@@ -235,6 +236,10 @@ def test_dump_loads_into_sqlite3_with_the_same_data(url: str) -> None:
     assert local.execute("SELECT * FROM d2").fetchall() == [("k", "v")]
     assert local.execute("SELECT count(*) FROM dv").fetchone() == (2500,)
     assert "CREATE INDEX d1_t ON d1(t);" in script and script.endswith("COMMIT;\n")
+    # And back into the cluster through the shell (BEGIN..COMMIT: one transaction).
+    ok(url, "DROP VIEW dv; DROP TABLE d1; DROP TABLE d2;")
+    ok(url, script)
+    assert rows(url, "SELECT count(*), sum(id), hex(min(b)) FROM d1") == [[2500, 3126250, ""]]
 
 
 def test_import_creates_the_table_from_the_header_and_sends_every_row(
@@ -391,3 +396,18 @@ def test_url_from_the_environment(url: str) -> None:
     done = subprocess.run([sys.executable, "-m", "raftsql", "shell", "-c", "SELECT 'env'"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert (done.returncode, done.stdout) == (0, "env\n")
+
+
+def test_credentials_from_the_flag_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAFTSQL_USER", raising=False)
+    monkeypatch.delenv("RAFTSQL_PASSWORD", raising=False)
+    assert credentials(None, interactive=False) is None
+    assert credentials("ann:s3:cret", interactive=False) == ("ann", "s3:cret")
+    asked: list[str] = []
+    monkeypatch.setattr("getpass.getpass", lambda prompt: asked.append(prompt) or "typed")
+    assert credentials("ann", interactive=False) == ("ann", "")  # a script is never asked
+    assert credentials("ann", interactive=True) == ("ann", "typed")
+    assert asked == ["password for ann: "]
+    monkeypatch.setenv("RAFTSQL_USER", "bob")
+    monkeypatch.setenv("RAFTSQL_PASSWORD", "pw")
+    assert credentials(None, interactive=True) == ("bob", "pw")

@@ -69,8 +69,11 @@ Reader = Callable[[str, dict[str, Any] | None], tuple[list[str], list[list[Any]]
 def dump(schema: list[Entry], tables: list[str], read: Reader) -> Iterator[str]:
     """A script sqlite3 loads into an empty database: the named tables' schema and rows (all
     tables when `tables` is empty), then their indexes, triggers and views, as sqlite3's own
-    `.dump` writes it. Values are SQL literals (BLOBs as X'..')."""
-    yield "PRAGMA foreign_keys=OFF;"
+    `.dump` writes it. Values are SQL literals (BLOBs as X'..').
+
+    Unlike sqlite3's, it starts without `PRAGMA foreign_keys=OFF`: raftsql refuses that
+    per-connection pragma, and the script must load back through the shell too (foreign
+    keys are off unless a database turns them on, in SQLite and in raftsql)."""
     yield "BEGIN TRANSACTION;"
     chosen = [e for e in schema if not tables or e.tbl_name in tables]
     for entry in chosen:
