@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from raftsql.shell.shell import RaftShell
 
 IMPORT_BATCH = 500  # rows per /db/execute request: big enough to be fast, small to retry
+# ... and at most about this many bytes of SQL and values: today's server refuses bodies over
+# 64 KiB as "invalid JSON body" (reported; see the branch notes), and wide rows add up.
+IMPORT_BYTES = 60_000
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -111,16 +114,17 @@ class DataCommands:
                    progress: _Progress) -> int:
         insert = f"INSERT INTO {quote_name(table)} VALUES({', '.join('?' * width)})"
         batch: list[list[Any]] = []
-        done = 0
+        done = size = 0
         for n, row in enumerate(reader, 1):
             if len(row) != width:
                 self.write_error(f"Warning: row {n} has {len(row)} values, {table} has "
                                  f"{width} columns: {'filled with NULL' if len(row) < width else 'extra values dropped'}\n")
                 row = (row + [None] * width)[:width]
             batch.append([insert, *row])
-            if len(batch) == IMPORT_BATCH:
+            size += len(insert) + sum(len(v or "") + 8 for v in row)
+            if len(batch) == IMPORT_BATCH or size > IMPORT_BYTES:
                 done = self._send_batch(batch, done)
-                batch = []
+                batch, size = [], 0
                 progress.show(done)
         if batch:
             done = self._send_batch(batch, done)
