@@ -161,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the first node's HTTP port")
     cluster.add_argument("--data-dir", default="raftsql-cluster",
                          help="the nodes' data directories go under it, one per node")
+
+    from raftsql.shell.main import add_arguments as shell_arguments
+
+    shell = sub.add_parser("shell", formatter_class=defaults,
+                           help="an interactive SQL shell against a cluster",
+                           description="An SQL shell against a raftsql (or rqlite) cluster, "
+                           "with sqlite3's dot-commands and rqlite's; .help lists them.")
+    shell_arguments(shell)
     return parser
 
 
@@ -169,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)
+    if args.command == "shell":
+        from raftsql.shell import main as shell_main
+
+        return shell_main(args)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
