@@ -28,7 +28,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -117,9 +117,9 @@ def split_auth(urls: list[str], auth: tuple[str, str] | str | None
         if parts.username is not None:
             found = found or (urllib.parse.unquote(parts.username),
                               urllib.parse.unquote(parts.password or ""))
-            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-            if ":" in (parts.hostname or ""):
-                netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+            host = parts.hostname or ""
+            netloc = (f"[{host}]" if ":" in host else host) + (
+                f":{parts.port}" if parts.port else "")
             u = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
         clean.append(u)
     if isinstance(auth, str):
@@ -288,18 +288,11 @@ class Cluster:
             self._learn([self.current])
             return None
         if status == 503:
-            return self._unavailable(resp_headers, body, attempt)
+            _raise_unavailable(resp_headers, body)
         if not self._discovered and status < 400:
             self._discover()
         return Response(status, resp_headers, body, url)
 
-    def _unavailable(self, headers: Mapping[str, str], body: bytes, attempt: _Attempt) -> None:
-        message = _error_text(body)
-        if headers.get(NOT_LEADER_HEADER.lower()):
-            raise _NotDelivered(message)
-        if MAYBE_APPLIED in message:
-            raise _MaybeDelivered(message)
-        raise _NotDelivered(message)
 
     def _roundtrip(self, url: str, method: str, target: str, data: bytes | None,
                    headers: dict[str, str], timeout: float
@@ -392,6 +385,16 @@ class Cluster:
         for u in urls:
             if u not in self.known:
                 self.known.append(u)
+
+
+def _raise_unavailable(headers: Mapping[str, str], body: bytes) -> NoReturn:
+    """A 503: whether the request may have been applied is in its words."""
+    message = _error_text(body)
+    if headers.get(NOT_LEADER_HEADER.lower()):
+        raise _NotDelivered(message)
+    if MAYBE_APPLIED in message:
+        raise _MaybeDelivered(message)
+    raise _NotDelivered(message)
 
 
 def _encode_query(q: Mapping[str, Any]) -> str:
