@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from raftsql.shell.shell import RaftShell
 
 IMPORT_BATCH = 500  # rows per /db/execute request: big enough to be fast, small to retry
-# ... and at most about this many bytes of SQL and values: today's server refuses bodies over
-# 64 KiB as "invalid JSON body" (reported; see the branch notes), and wide rows add up.
-IMPORT_BYTES = 60_000
+# ... and at most about this many bytes of SQL and values, so wide rows make small requests
+# too (a node refuses bodies over its --max-body-bytes, and a resend costs a whole request).
+IMPORT_BYTES = 1_000_000
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
