@@ -18,25 +18,19 @@ import apsw
 import apsw.shell
 import pytest
 
-from raftsql.cli.launcher import LocalCluster, free_ports, http
+from raftsql.cli.launcher import free_ports, http
 from raftsql.client.http import Cluster, Unavailable
 from raftsql.shell.main import credentials
 from raftsql.shell.shell import RaftShell, page
 from raftsql.shell.statements import describe, split_statements, transaction_word, with_position
+from tests.client_node import single_node
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    cluster = LocalCluster(1, str(tmp_path_factory.mktemp("node")),
-                           extra_args=["--heartbeat-ms", "50", "--election-ms", "300"])
-    cluster.start()
-    try:
-        cluster.leader(timeout=30)
-        yield cluster.url("n1")
-    finally:
-        cluster.stop()
+    yield from single_node(tmp_path_factory)
 
 
 def run(url: str, script: str, **kwargs: object) -> tuple[int, str, str]:

@@ -36,6 +36,7 @@ from raftsql.client.dbapi import (
     ProgrammingError,
     Warning,
 )
+from raftsql.client.errors import ExceptionsAsAttributes
 
 __all__ = ["connect", "Connection", "Cursor", "Batch", "Warning", "Error", "InterfaceError",
            "DatabaseError", "DataError", "OperationalError", "IntegrityError", "InternalError",
@@ -83,18 +84,7 @@ def connect(urls: str | Sequence[str] | None = None, *, consistency: str | None 
     return _Pending(make)
 
 
-class Connection:
-    Warning = Warning
-    Error = Error
-    InterfaceError = InterfaceError
-    DatabaseError = DatabaseError
-    DataError = DataError
-    OperationalError = OperationalError
-    IntegrityError = IntegrityError
-    InternalError = InternalError
-    ProgrammingError = ProgrammingError
-    NotSupportedError = NotSupportedError
-
+class Connection(ExceptionsAsAttributes):
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raftsql-aio")
         self._conn: dbapi.Connection | None = None

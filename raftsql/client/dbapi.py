@@ -23,6 +23,7 @@ from raftsql.client.errors import (
     DatabaseError,
     DataError,
     Error,
+    ExceptionsAsAttributes,
     IntegrityError,
     InterfaceError,
     InternalError,
@@ -84,19 +85,7 @@ def connect(urls: str | Sequence[str] | None = None, *, consistency: str | None 
                       idempotency_keys=idempotency_keys)
 
 
-class Connection:
-    # PEP 249's optional extension: the exceptions as attributes of the connection.
-    Warning = Warning
-    Error = Error
-    InterfaceError = InterfaceError
-    DatabaseError = DatabaseError
-    DataError = DataError
-    OperationalError = OperationalError
-    IntegrityError = IntegrityError
-    InternalError = InternalError
-    ProgrammingError = ProgrammingError
-    NotSupportedError = NotSupportedError
-
+class Connection(ExceptionsAsAttributes):
     def __init__(self, urls: str | Sequence[str] | None = None, *,
                  consistency: str | None = None, timeout: float = 10.0,
                  auth: tuple[str, str] | str | None = None, idempotency_keys: bool = True):

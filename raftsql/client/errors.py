@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from raftsql.client.http import Response, Unavailable
+from raftsql.client.http import Response, Unavailable, error_text
 
 
 class Warning(Exception):  # noqa: A001 - the name PEP 249 gives it
@@ -90,7 +90,7 @@ def unavailable_error(e: Unavailable) -> OperationalError:
 
 def http_error(response: Response) -> Error:
     """The exception for an answer that is not a 200: the request was refused as a whole."""
-    text = _error_text(response.body)
+    text = error_text(response.body, "(no message)")
     status = response.status
     if status in (401, 403):
         return OperationalError(f"authentication failed ({status}): {text}; "
@@ -127,11 +127,17 @@ def check_results(response: Response, count: int) -> list[dict[str, Any]]:
     return results
 
 
-def _error_text(body: bytes) -> str:
-    try:
-        d = orjson.loads(body)
-        if isinstance(d, dict) and d.get("error"):
-            return str(d["error"])
-    except orjson.JSONDecodeError:
-        pass
-    return body.decode(errors="replace").strip() or "(no message)"
+class ExceptionsAsAttributes:
+    """PEP 249's optional extension: a connection carries the exception classes, so code
+    holding only a connection can catch them."""
+
+    Warning = Warning
+    Error = Error
+    InterfaceError = InterfaceError
+    DatabaseError = DatabaseError
+    DataError = DataError
+    OperationalError = OperationalError
+    IntegrityError = IntegrityError
+    InternalError = InternalError
+    ProgrammingError = ProgrammingError
+    NotSupportedError = NotSupportedError

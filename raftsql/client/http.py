@@ -389,7 +389,7 @@ class Cluster:
 
 def _raise_unavailable(headers: Mapping[str, str], body: bytes) -> NoReturn:
     """A 503: whether the request may have been applied is in its words."""
-    message = _error_text(body)
+    message = error_text(body, "service unavailable")
     if headers.get(NOT_LEADER_HEADER.lower()):
         raise _NotDelivered(message)
     if MAYBE_APPLIED in message:
@@ -420,14 +420,15 @@ def _closed_by_peer(sock: socket.socket) -> bool:
     return bool(readable)  # an idle HTTP connection has nothing to read unless it was closed
 
 
-def _error_text(body: bytes) -> str:
+def error_text(body: bytes, default: str) -> str:
+    """The message of a failed answer: rqlite's JSON `error`, else the plain-text body."""
     try:
         d = orjson.loads(body)
         if isinstance(d, dict) and d.get("error"):
             return str(d["error"])
     except orjson.JSONDecodeError:
         pass
-    return body.decode(errors="replace").strip() or "service unavailable"
+    return body.decode(errors="replace").strip() or default
 
 
 def _describe(e: BaseException) -> str:
