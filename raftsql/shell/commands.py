@@ -10,16 +10,13 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from raftsql.client.http import LEVELS, ClientError, Cluster, Response, split_urls
 from raftsql.shell.data import DataCommands
 from raftsql.shell.statements import answer_text, describe
-
-if TYPE_CHECKING:
-    from raftsql.shell.shell import RaftShell
 
 NODE_COLUMNS = ("id", "api_addr", "addr", "voter", "reachable", "leader")
 NOT_SERVED = (404, 405)
@@ -36,7 +33,7 @@ STATUS_SUMMARY = (
 def _unavailable(name: str, usage: str, why: str) -> Any:
     """A base-class command that would act on the local shadow: it says so instead."""
 
-    def command(self: RaftShell, cmd: list[str]) -> None:
+    def command(self, cmd: list[str]) -> None:
         raise self.Error(f".{name} is not available in raftsql shell: {why}")
 
     command.__doc__ = f"{usage}: (not available here: {why})"
@@ -59,10 +56,10 @@ class ClusterCommands(DataCommands):
 
     # ---- asking the cluster
 
-    def get(self: RaftShell, path: str, params: dict[str, Any] | None = None) -> Response:
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Response:
         return self.cluster.send("GET", path, params)
 
-    def served(self: RaftShell, response: Response, what: str) -> Response:
+    def served(self, response: Response, what: str) -> Response:
         """The answer, if it is a success; otherwise the server's words, raised."""
         if response.status in NOT_SERVED:
             raise self.Error(f"{what} is not served by this node ({response.url})")
@@ -71,7 +68,7 @@ class ClusterCommands(DataCommands):
                              f"{answer_text(response)}")
         return response
 
-    def direct(self: RaftShell, method: str, path: str, body: Any = None) -> Response | None:
+    def direct(self, method: str, path: str, body: Any = None) -> Response | None:
         """One request to the current node, never resent: its answer as it is (a 503 with the
         server's reason included), or None when the node could not be reached. For requests
         whose refusal the user must read (a stepdown, a removal), which the client core
@@ -91,7 +88,7 @@ class ClusterCommands(DataCommands):
         except OSError:
             return None
 
-    def nodes(self: RaftShell) -> list[dict[str, Any]]:
+    def nodes(self) -> list[dict[str, Any]]:
         """The members, as GET /nodes?ver=2 lists them."""
         try:
             body = self.served(self.get("/nodes", {"ver": "2"}), "/nodes").json()
@@ -102,7 +99,7 @@ class ClusterCommands(DataCommands):
             members = [{"id": k, **v} for k, v in members.items()]
         return [m for m in members if isinstance(m, dict)]
 
-    def show_table(self: RaftShell, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    def show_table(self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
                    ) -> None:
         """Rows in the current output mode, with headers whatever `.headers` says."""
         self.push_output()
@@ -112,12 +109,12 @@ class ClusterCommands(DataCommands):
         finally:
             self.pop_output()
 
-    def say(self: RaftShell, text: str) -> None:
+    def say(self, text: str) -> None:
         self.write(self.stdout, text.rstrip("\n") + "\n")
 
     # ---- rqlite's commands
 
-    def command_nodes(self: RaftShell, cmd: list[str]) -> None:
+    def command_nodes(self, cmd: list[str]) -> None:
         """nodes: List the cluster's members (GET /nodes?ver=2)
 
         One row per member: its id, HTTP API URL, Raft address, whether it votes, whether
@@ -129,7 +126,7 @@ class ClusterCommands(DataCommands):
         rows = [tuple(cell(m.get(c)) for c in NODE_COLUMNS) for m in self.nodes()]
         self.show_table(NODE_COLUMNS, sorted(rows, key=lambda r: str(r[0])))
 
-    def command_leader(self: RaftShell, cmd: list[str]) -> None:
+    def command_leader(self, cmd: list[str]) -> None:
         """leader: Show which node leads the cluster"""
         leader = next((m for m in self.nodes() if m.get("leader")), None)
         if leader is None:
@@ -137,7 +134,7 @@ class ClusterCommands(DataCommands):
             return
         self.say(f"{leader.get('id')} {leader.get('api_addr')} (raft {leader.get('addr')})")
 
-    def command_status(self: RaftShell, cmd: list[str]) -> None:
+    def command_status(self, cmd: list[str]) -> None:
         """status ?all|KEY?: Show the node's status (GET /status)
 
         With no argument a summary (node, role, term, leader, log indexes); `.status all`
@@ -156,7 +153,7 @@ class ClusterCommands(DataCommands):
             raise self.Error(f"no {cmd[0]!r} in /status")
         self.say(json.dumps(part, indent=2, sort_keys=True, default=str))
 
-    def command_ready(self: RaftShell, cmd: list[str]) -> None:
+    def command_ready(self, cmd: list[str]) -> None:
         """ready: Ask the current node whether it can serve (GET /readyz)"""
         # This node, not any node: the client core would move on after a 503 and hide it.
         response = self.direct("GET", "/readyz")
@@ -168,7 +165,7 @@ class ClusterCommands(DataCommands):
         word = "ready" if response.status == 200 else f"not ready ({response.status})"
         self.say(f"{word}: {response.url}: {checks}")
 
-    def command_consistency(self: RaftShell, cmd: list[str]) -> None:
+    def command_consistency(self, cmd: list[str]) -> None:
         """consistency ?LEVEL?: Show or set the read consistency level
 
         none (any node's data, maybe stale), weak (the leader's, without checking it still
@@ -182,7 +179,7 @@ class ClusterCommands(DataCommands):
             raise self.Error(f"consistency takes one of: {', '.join(LEVELS)}")
         self.level = cmd[0].lower()
 
-    def command_connect(self: RaftShell, cmd: list[str]) -> None:
+    def command_connect(self, cmd: list[str]) -> None:
         """connect URL[,URL...]: Connect to another cluster (or other nodes of this one)"""
         if len(cmd) != 1:
             raise self.Error("connect takes URL[,URL...]")
@@ -203,13 +200,13 @@ class ClusterCommands(DataCommands):
         self.update_prompt()
         self.say(line)
 
-    def command_snapshot(self: RaftShell, cmd: list[str]) -> None:
+    def command_snapshot(self, cmd: list[str]) -> None:
         """snapshot: Snapshot the node's database and compact its log now (POST /snapshot)"""
         response = self.served(self.cluster.send("POST", "/snapshot"), "/snapshot")
         self.say(f"snapshot taken on {response.url}" if response.status != 204 else
                  "no snapshot needed: the latest one already holds everything applied")
 
-    def command_remove(self: RaftShell, cmd: list[str]) -> None:
+    def command_remove(self, cmd: list[str]) -> None:
         """remove ID: Remove the node ID from the cluster (DELETE /remove)"""
         if len(cmd) != 1:
             raise self.Error("remove takes a node id")
@@ -220,7 +217,7 @@ class ClusterCommands(DataCommands):
         self.served(response, f"removing {cmd[0]}")
         self.say(f"removed {cmd[0]}")
 
-    def command_stepdown(self: RaftShell, cmd: list[str]) -> None:
+    def command_stepdown(self, cmd: list[str]) -> None:
         """stepdown ?ID?: Ask the leader to hand leadership over (to ID if given)"""
         if len(cmd) > 1:
             raise self.Error("stepdown takes at most a node id")
@@ -232,7 +229,7 @@ class ClusterCommands(DataCommands):
         leader = next((m.get("id") for m in self.nodes() if m.get("leader")), None)
         self.say(f"the leader stepped down; now leading: {leader or 'not yet known'}")
 
-    def command_sysdump(self: RaftShell, cmd: list[str]) -> None:
+    def command_sysdump(self, cmd: list[str]) -> None:
         """sysdump FILE: Write the node's /status, /nodes and /readyz answers to FILE
 
         For a bug report: each answer is written as it came, with its status, even when the
@@ -245,18 +242,18 @@ class ClusterCommands(DataCommands):
                 f.write(f"==== GET {path} ====\n{self._section(path, params)}\n\n")
         self.say(f"wrote {cmd[0]}")
 
-    def _section(self: RaftShell, path: str, params: dict[str, Any] | None) -> str:
+    def _section(self, path: str, params: dict[str, Any] | None) -> str:
         try:
             response = self.get(path, params)
         except ClientError as e:
             return f"(no answer: {describe(e, self.cluster.timeout)})"
         return f"status {response.status} from {response.url}\n{_pretty(response)}"
 
-    def command_expvar(self: RaftShell, cmd: list[str]) -> None:
+    def command_expvar(self, cmd: list[str]) -> None:
         """expvar: Show the node's Go-style expvar counters (GET /debug/vars)"""
         self.say(_pretty(self.served(self.get("/debug/vars"), "/debug/vars")))
 
-    def command_metrics(self: RaftShell, cmd: list[str]) -> None:
+    def command_metrics(self, cmd: list[str]) -> None:
         """metrics: Show the node's Prometheus metrics (GET /metrics)"""
         self.say(_pretty(self.served(self.get("/metrics"), "/metrics")))
 

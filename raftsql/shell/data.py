@@ -11,7 +11,7 @@ import csv
 import os
 import sys
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import apsw
 
@@ -19,9 +19,6 @@ from raftsql import __version__
 from raftsql.client.http import ClientError
 from raftsql.shell.schema import SCHEMA_SQL, NoRowid, dump, entries, quote_name
 from raftsql.shell.statements import describe
-
-if TYPE_CHECKING:
-    from raftsql.shell.shell import RaftShell
 
 IMPORT_BATCH = 500  # rows per /db/execute request: big enough to be fast, small to retry
 # ... and at most about this many bytes of SQL and values, so wide rows make small requests
@@ -33,7 +30,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 class DataCommands:
     """Dump, import, backup and restore against the cluster."""
 
-    def command_dump(self: RaftShell, cmd: list[str]) -> None:
+    def command_dump(self, cmd: list[str]) -> None:
         """dump ?TABLE? [TABLE...]: Write the cluster's schema and rows as SQL text
 
         The script loads into sqlite3 (or `.read` here). TABLE is a LIKE pattern; with no
@@ -49,7 +46,7 @@ class DataCommands:
         for line in dump(schema, chosen, self._dump_reader):
             self.write(self.stdout, line + "\n")
 
-    def _dump_reader(self: RaftShell, sql: str, params: dict[str, Any] | None
+    def _dump_reader(self, sql: str, params: dict[str, Any] | None
                      ) -> tuple[list[str], list[list[Any]]]:
         try:
             return self.read_rows(sql, params)
@@ -58,12 +55,12 @@ class DataCommands:
                 raise NoRowid from None
             raise
 
-    def _like(self: RaftShell, name: str, pattern: str) -> bool:
+    def _like(self, name: str, pattern: str) -> bool:
         """SQL LIKE, as sqlite3's `.dump PATTERN` matches (case-insensitive, % and _)."""
         return bool(apsw.Connection(":memory:").execute("SELECT ? LIKE ?",
                                                         (name, pattern)).get)
 
-    def command_import(self: RaftShell, cmd: list[str]) -> None:
+    def command_import(self, cmd: list[str]) -> None:
         """import ?--skip N? FILE TABLE: Import CSV rows from FILE into TABLE on the cluster
 
         When TABLE does not exist it is created from the first row (the header), every
@@ -89,7 +86,7 @@ class DataCommands:
         if self.interactive:
             self.write(self.stderr, f"imported {done} rows into {table}\n")
 
-    def _import_args(self: RaftShell, cmd: list[str]) -> tuple[int, str, str]:
+    def _import_args(self, cmd: list[str]) -> tuple[int, str, str]:
         skip = 0
         args = list(cmd)
         if args[:1] == ["--csv"]:
@@ -101,7 +98,7 @@ class DataCommands:
             raise self.Error("import takes ?--skip N? FILE TABLE")
         return skip, args[0], args[1]
 
-    def _create_from_header(self: RaftShell, table: str, header: list[str] | None
+    def _create_from_header(self, table: str, header: list[str] | None
                             ) -> list[str]:
         if not header:
             raise self.Error("the file is empty: no header row to create the table from")
@@ -110,7 +107,7 @@ class DataCommands:
         self.send_statements([sql], [sql])
         return header
 
-    def _send_rows(self: RaftShell, table: str, width: int, reader: Iterator[list[str]],
+    def _send_rows(self, table: str, width: int, reader: Iterator[list[str]],
                    progress: _Progress) -> int:
         insert = f"INSERT INTO {quote_name(table)} VALUES({', '.join('?' * width)})"
         batch: list[list[Any]] = []
@@ -131,7 +128,7 @@ class DataCommands:
             progress.show(done)
         return done
 
-    def _send_batch(self: RaftShell, batch: list[list[Any]], done: int) -> int:
+    def _send_batch(self, batch: list[list[Any]], done: int) -> int:
         try:
             response = self.cluster.execute(batch, transaction=True)
         except (ClientError, OSError) as e:
@@ -143,7 +140,7 @@ class DataCommands:
                                  "imported; that row's batch was rolled back)")
         return done + len(batch)
 
-    def command_backup(self: RaftShell, cmd: list[str]) -> None:
+    def command_backup(self, cmd: list[str]) -> None:
         """backup FILE: Save the cluster's database to FILE (GET /db/backup)
 
         FILE is an SQLite database file. When the node does not serve backups, `.dump` writes
@@ -160,7 +157,7 @@ class DataCommands:
             f.write(response.body)
         self.say(f"wrote {len(response.body)} bytes to {cmd[0]}")
 
-    def command_restore(self: RaftShell, cmd: list[str]) -> None:
+    def command_restore(self, cmd: list[str]) -> None:
         """restore FILE: Replace the cluster's database with FILE (POST /db/load)
 
         FILE is an SQLite database file or a SQL dump. Everything in the cluster's database
@@ -182,7 +179,7 @@ class DataCommands:
         self._stale = True
         self.say(f"restored {cmd[0]} ({len(data)} bytes)")
 
-    def command_indexes(self: RaftShell, cmd: list[str]) -> None:
+    def command_indexes(self, cmd: list[str]) -> None:
         """indexes ?TABLE?: List the names of indexes (on tables matching TABLE, a LIKE pattern)"""
         if len(cmd) > 1:
             raise self.Error("indexes takes at most one table name")
@@ -196,7 +193,7 @@ class DataCommands:
         finally:
             self.pop_output()
 
-    def command_version(self: RaftShell, cmd: list[str]) -> None:
+    def command_version(self, cmd: list[str]) -> None:
         """version: Show the versions of raftsql shell, the node it talks to, and SQLite"""
         try:
             server = self.get("/status").json().get("build", {}).get("version", "?")
