@@ -10,7 +10,7 @@ import pytest
 from raftsql.sql.command import Command, Replayed
 from raftsql.sql.database import Database
 from raftsql.sql.keys import KeyStore, decode_results, encode_results, valid_key
-from tests.test_sqlite import T0, dump, outcome, rows, user_schema
+from tests.test_sqlite import SLOW, T0, dump, outcome, rows, user_schema
 
 WINDOW = 60_000
 
@@ -115,7 +115,7 @@ def test_keys_of_entries_the_database_lost_are_forgotten(tmp_path):
         d.apply([keyed(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"], None)])
     store = KeyStore(path + "-keys")
     store.record("k", 2, T0, [])
-    store.commit()
+    store.commit(2)
     store.close()
     with Database(path) as d:
         d.recover(2)
@@ -168,10 +168,61 @@ def test_a_batch_undone_takes_its_keys_with_it(db):
     assert rows(db, "SELECT count(*) FROM t") == [(1,)] and db._keys.count() == 2
 
 
-def test_keyed_entries_are_not_applied_on_the_event_loop(db):
-    assert db.apply_within([keyed(2, INSERT, "k")], 1.0) is None
+def test_a_keyed_batch_over_budget_leaves_no_key_behind(db):
+    db.apply([(2, Command("execute", ["CREATE TABLE log (n)"]).encode())])
+    batch = [keyed(3, INSERT, "k"), keyed(4, [SLOW], "slow")]
+    assert db.apply_within(batch, 0.01) is None
     assert rows(db, "SELECT count(*) FROM t") == [(0,)] and db._keys.count() == 0
-    assert db.apply_within([keyed(2, INSERT, None)], 1.0) is not None
+    first, slow = db.apply(batch)
+    assert not isinstance(first, Replayed) and db._keys.count() == 2
+    [inline] = db.apply_within([keyed(5, INSERT, "k")], 1.0)
+    assert isinstance(inline, Replayed) and outcome([inline]) == outcome([first])
+
+
+def _stored(script):
+    def stored_after(index):
+        return [(i, data) for i, data in script if i > index]
+    return stored_after
+
+
+def test_keys_lost_by_a_power_cut_make_the_database_start_over(tmp_path):
+    """The keys file lost commits the database kept: the database cannot tell a repeat from
+    a new write for those entries, so it starts over and replays the log."""
+    path = str(tmp_path / "db.sqlite")
+    script = [keyed(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"], None),
+              keyed(2, INSERT, "a"), keyed(3, INSERT, "b"), keyed(4, INSERT, "a")]
+    with Database(path) as d:
+        d.apply(script[:2])
+    with open(path + "-keys", "rb") as f:
+        keys_at_2 = f.read()
+    with Database(path) as d:
+        first = d.apply(script[2:])
+    with open(path + "-keys", "wb") as f:
+        f.write(keys_at_2)  # the keys are back at entry 2, the database is not
+    with Database(path) as d:
+        d.recover(4, _stored(script))
+        assert d.applied_index() == 0 and user_schema(path)[0] == []
+        again = d.apply(script)
+        assert outcome(again[2:]) == outcome(first) and isinstance(again[3], Replayed)
+        assert rows(d, "SELECT count(*) FROM t") == [(2,)]
+
+
+def test_keys_behind_only_by_unkeyed_entries_are_fine(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    script = [keyed(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"], None),
+              keyed(2, INSERT, "a"), keyed(3, INSERT, None), keyed(4, INSERT, None)]
+    with Database(path) as d:
+        d.apply(script[:2])
+        d.apply(script[2:])
+    with Database(path) as d:
+        d.recover(4, _stored(script))
+        assert d.applied_index() == 4
+        [r] = d.apply([keyed(5, INSERT, "a")])
+        assert isinstance(r, Replayed)
+        d.apply([keyed(6, INSERT, None)])
+    with Database(path) as d:
+        d.recover(6, lambda index: None)  # entries after the keys' stamp compacted away
+        assert d.applied_index() == 0
 
 
 def test_snapshots_carry_the_keys_and_restores_take_them_out(db, tmp_path):
@@ -218,3 +269,16 @@ def test_results_round_trip_and_keys_are_checked():
     assert valid_key("0f8fad5b-d9cb-469f-a165-70867728950e")
     assert not valid_key("") and not valid_key("x" * 129) and not valid_key("é") \
         and not valid_key("a\nb")
+
+
+def test_forgetting_is_bounded_per_entry_and_never_late(db):
+    db.apply([keyed(i, INSERT, f"k{i}", capacity=1000) for i in range(2, 202)])
+    later = T0 + WINDOW + 1  # every key so far is out of the window now
+    [r] = db.apply([keyed(202, INSERT, "k150", time_ms=later, capacity=1000)])
+    assert not isinstance(r, Replayed)  # judged by the window, marked or not
+    db.apply([keyed(i, INSERT, f"n{i}", time_ms=later, capacity=1000) for i in (203, 204, 205)])
+    marked = dict(db._keys._conn.execute(
+        "SELECT forgotten, count(*) FROM keys WHERE forgotten IS NOT NULL GROUP BY forgotten"))
+    # 64 of the oldest per keyed entry, and k150's first row when k150 came again
+    assert marked == {202: 65, 203: 64, 204: 64, 205: 7}
+    assert db._keys.count() == 4

@@ -37,8 +37,10 @@ _INLINE_APPLY_BYTES = 16384  # larger batches go to the apply thread without try
 class StateMachine(Protocol):
     """What the driver replicates. Called by one thread at a time, in log order.
 
-    Optional, and used when present (raftsql.sql.Database has them): `recover(log_end)`,
-    called once at start with the Raft log's last index, before `applied_index()`;
+    Optional, and used when present (raftsql.sql.Database has them): `recover(log_end,
+    stored_after)`, called once at start with the Raft log's last index and a function
+    giving the stored commands after an index (None if some were compacted away), before
+    `applied_index()`;
     `apply_within(entries, seconds)` and `query_within(*request, seconds)`, which return
     None, having done nothing, rather than take longer than `seconds` (the driver then calls
     `apply` / `query` on a thread); `query(*request)`; `checkpoint_due()` and
@@ -102,7 +104,7 @@ class Applier:
         """Bring the state machine up to the stored snapshot; set the applied index."""
         recover = getattr(self._sm, "recover", None)
         if recover is not None:
-            recover(storage.last_index)
+            recover(storage.last_index, functools.partial(_stored_after, storage))
         meta = storage.snapshot_meta
         self.snapshot_index = meta.index
         if self._sm.applied_index() < meta.index:
@@ -324,3 +326,11 @@ class Applier:
         os.remove(self._tmp)
         self.snapshot_index = snapshot.meta.index
         return dict(header.get("peers", {}))
+
+
+def _stored_after(storage: Storage, index: int) -> list[tuple[int, bytes]] | None:
+    """The stored commands (index, data) after `index`; None when some are compacted away."""
+    if index < storage.first_index - 1:
+        return None
+    return [(e.index, e.data) for e in storage.entries()
+            if e.index > index and e.type is EntryType.NORMAL and e.data]

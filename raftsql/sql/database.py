@@ -47,6 +47,7 @@ from its own PRNG, which apsw gives no way to seed; those rowids differ between 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -82,6 +83,8 @@ _KEEP = object()  # _Replay.rng_state: the statement leaves the PRNG as it is
 CHECKPOINT_PAGES = 1000  # WAL pages after which apply() checkpoints (SQLite's own default)
 _READ = ReadOptions()
 INDEX_MODULUS = 1 << 32  # the header field holding the applied index has 32 bits
+
+log = logging.getLogger("raftsql.sql")
 
 
 def stored_index(index: int) -> int:
@@ -219,15 +222,41 @@ class Database:
         self._wal_pages = pages
         return apsw.SQLITE_OK
 
-    def recover(self, log_end: int) -> None:
+    def recover(self, log_end: int,
+                stored_after: Callable[[int], list[tuple[int, bytes]] | None] | None = None
+                ) -> None:
         """The driver, at start: the Raft log ends at `log_end`. The applied index is
         resolved against it (see the module docstring); a database that claims more than the
-        log holds comes from elsewhere and is refused (StorageError)."""
+        log holds comes from elsewhere and is refused (StorageError).
+
+        `stored_after(index)`: the stored entries (index, data) after `index`, or None when
+        some were compacted away. With it, a keys file found behind the database (a power
+        cut, raftsql/sql/keys.py) is checked against the log, and the database starts over
+        (from the snapshot, which the driver then restores) when it cannot be trusted."""
         try:
             self._applied = resolve_index(self._stored_index, log_end)
         except ValueError as e:
             raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from None
+        through = self._keys.through()
+        if stored_after is not None and (through or 0) < self._applied:
+            stored = stored_after(through or 0)
+            if stored is None or any(_keyed(data) for index, data in stored
+                                     if index <= self._applied):
+                log.warning("%s: the idempotency keys of entries up to %d are lost (a power "
+                            "cut?): the database starts over from the snapshot and the log",
+                            self.path, self._applied)
+                self._start_over()
         self._reconcile_keys()
+
+    def _start_over(self) -> None:
+        """Empty, applied index 0: the driver restores the snapshot and replays the log."""
+        empty = self.path + ".empty"
+        _remove_db_files(empty)
+        apsw.Connection(empty).close()
+        try:
+            self.restore(empty, 0)
+        finally:
+            _remove_db_files(empty)
 
     def _reconcile_keys(self) -> None:
         self._keys.rewind(self._applied)  # the database's file may have lost commits
@@ -349,7 +378,7 @@ class Database:
     def _commit(self) -> None:
         # The applied index, in the same transaction as what it says was applied.
         self._writer.exec_control(f"PRAGMA application_id = {stored_index(self._applied)}")
-        self._keys.commit()  # first, and fsynced: never fewer keys on disk than applied
+        self._keys.commit(self._applied)  # first: a crash leaves the keys ahead, never behind
         self._writer.exec_control("COMMIT")
         self._dirty = False
 
@@ -394,8 +423,6 @@ class Database:
             return [StatementResult(error=f"invalid command: {e}")]
         if cmd.key is None:
             return self._run_command(batch, pos, cmd)
-        if self._limits.deadline is not None:
-            raise _OverBudget  # the keys' commit is fsynced: not on the event loop
         first = self._keys.first_results(cmd.key, index, cmd.time_ms, cmd.key_window_ms,
                                          cmd.key_capacity)
         if first is not None:
@@ -522,6 +549,7 @@ class Database:
             source.close()
         with self._lock:
             self._keys.copy_into(path)
+            self._keys.stamp_durably(applied)  # the log may be compacted up to here next
         # No fsync: the caller reads the file back and stores the snapshot durably itself
         # (Storage.save_snapshot), then deletes this copy.
         return applied
@@ -534,7 +562,7 @@ class Database:
         with self._lock:
             source_path = self._prepare_restore_source(path)
             try:
-                self._keys.load_from(source_path)  # and out of the copy: before it is live
+                self._keys.load_from(source_path, applied_index)  # out of the copy, first
                 source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
                 try:
                     with self._writer.conn.backup("main", source, "main") as backup:
@@ -587,6 +615,16 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _keyed(data: bytes) -> bool:
+    """Whether a stored entry is a command with an idempotency key."""
+    if b'"ik"' not in data:
+        return False
+    try:
+        return Command.decode(data).key is not None
+    except Exception:
+        return False
 
 
 def _remove_db_files(path: str) -> None:

@@ -8,28 +8,36 @@ a leader change) and it is applied at most once.
 
 What is recent must be the same on every node, so it is decided by the entries themselves:
 each keyed entry carries the leader's window (`window_ms`, and `capacity`, in log entries),
-and applying it forgets the keys of entries older than its time minus the window or more
-than `capacity` entries before it. Every node does exactly this at the same entries, however
-its batches are cut.
+and for it a key is recent when its entry's time is at most `window_ms` older and its
+entry at most `capacity` entries older. Every node judges the same keys at the same
+entries, however its batches are cut. Keys no longer recent are marked forgotten a bounded
+number at a time (by each keyed entry, in a fixed order), so no entry does unbounded work.
 
 The keys live in a SQLite file of their own beside the database (`db.sqlite-keys`): user SQL
 never sees it (the database holds only the user's schema, docs/design.md §8). Its
 transaction shadows the database's batch transaction: rolled back with it, and committed
-(and fsynced) just before it, so on disk it is never behind the database. It may be ahead:
-after a crash between the two commits, and after a power cut, which can take the last
-commits of the database (it is not fsynced: the Raft log replays them) but not of this file.
-So nothing here is undone by deleting: a forgotten key is marked with the entry that forgot
-it, and `rewind(applied)` takes the file back exactly to what it held at `applied` (keys of
-later entries deleted, their forgetting undone). Marked keys are deleted for good only once
-the database is durable past the entry that forgot them (`purge`, after a full checkpoint,
-and at open). Snapshots carry the keys (`copy_into`, `load_from`).
+just before it, with the database's applied index (`through`). Neither file is fsynced per
+batch (the Raft log is the durable record); a crash of the process keeps both commits'
+order, a power cut may take the last commits of either:
+
+- the keys ahead of the database (a crash between the two commits, or a power cut that took
+  more of the database): nothing here is undone by deleting (a forgotten key is marked with
+  the entry that forgot it), so `rewind(applied)` takes the file back exactly to what it
+  held at `applied`. Marked keys are deleted for good only once the database is durable past
+  the entry that forgot them (`purge`, after a full checkpoint, and at open);
+- the keys behind (a power cut that took more of the keys): the database has applied keyed
+  entries whose keys are lost. The database sees it at open (`through` is behind, and the
+  Raft log holds a keyed entry after it) and starts over from the snapshot. The stamp is
+  made durable whenever the log may be compacted (`stamp_durably`, at each snapshot and
+  restore), so the entries after `through` are always still in the log.
+
+Snapshots carry the keys (`copy_into`, `load_from`).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +51,7 @@ SNAPSHOT_TABLE = "raftsql_keys"
 MAX_KEY_LENGTH = 128
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     entry INTEGER PRIMARY KEY,  -- the Raft index of the entry that applied (one key each)
     key TEXT NOT NULL,
@@ -54,6 +63,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS live_keys ON keys(key) WHERE forgotten IS NULL
 CREATE INDEX IF NOT EXISTS live_by_time ON keys(time_ms) WHERE forgotten IS NULL;
 CREATE INDEX IF NOT EXISTS by_forgotten ON keys(forgotten) WHERE forgotten IS NOT NULL;
 """
+FORGET_PER_ENTRY = 64  # keys marked forgotten by one keyed entry, at most, per reason
 
 
 def valid_key(key: str) -> bool:
@@ -68,8 +78,7 @@ class KeyStore:
         self.path = path
         self._conn = apsw.Connection(path)
         self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
-        # Durable before the database's commit: the order the module docstring relies on.
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
         self._conn.execute(_SCHEMA)
 
     # ---- the transaction that shadows the database's
@@ -78,9 +87,28 @@ class KeyStore:
         if not self._conn.in_transaction:
             self._conn.execute("BEGIN IMMEDIATE")
 
-    def commit(self) -> None:
+    def commit(self, through: int) -> None:
+        """Commit what the batch did; the database has then applied `through`."""
         if self._conn.in_transaction:
+            self._set_through(through)
             self._conn.execute("COMMIT")
+
+    def _set_through(self, through: int) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO state VALUES ('through', ?)", (through,))
+
+    def through(self) -> int | None:
+        """The database's applied index at this file's last commit (None: a new file)."""
+        rows = self._conn.execute("SELECT value FROM state WHERE name = 'through'").fetchall()
+        return int(rows[0][0]) if rows else None
+
+    def stamp_durably(self, through: int) -> None:
+        """Everything here is right as of the database's `through`, on disk whatever happens
+        (before the log is compacted up to it)."""
+        self.rollback()
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._set_through(through)
+        self._conn.execute("COMMIT")
+        self._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)  # the WAL, then the file
 
     def rollback(self) -> None:
         if self._conn.in_transaction:
@@ -90,20 +118,28 @@ class KeyStore:
 
     def first_results(self, key: str, entry: int, time_ms: int, window_ms: int, capacity: int
                       ) -> list[StatementResult] | None:
-        """Forget what is no longer recent as of this entry; the results the key's first
-        entry gave, or None when it is new."""
+        """The results the key's first entry gave, if it is recent for this entry; else None
+        (the key is new). Marks a few keys no longer recent as forgotten on the way."""
         self._begin()
-        self._conn.execute("UPDATE keys SET forgotten = ? WHERE forgotten IS NULL AND time_ms < ?",
-                           (entry, time_ms - window_ms))
-        self._conn.execute("UPDATE keys SET forgotten = ? WHERE forgotten IS NULL AND entry <= ?",
-                           (entry, entry - capacity))
-        row = self._conn.execute("SELECT results FROM keys WHERE key = ? AND forgotten IS NULL",
-                                 (key,)).fetchall()
+        oldest_time, oldest_entry = time_ms - window_ms, entry - capacity
+        conn = self._conn
+        conn.execute("UPDATE keys SET forgotten = ?1 WHERE entry IN (SELECT entry FROM keys "
+                     "WHERE forgotten IS NULL AND time_ms < ?2 ORDER BY time_ms, entry LIMIT ?3)",
+                     (entry, oldest_time, FORGET_PER_ENTRY))
+        conn.execute("UPDATE keys SET forgotten = ?1 WHERE entry IN (SELECT entry FROM keys "
+                     "WHERE forgotten IS NULL AND entry <= ?2 ORDER BY entry LIMIT ?3)",
+                     (entry, oldest_entry, FORGET_PER_ENTRY))
+        row = conn.execute("SELECT results FROM keys WHERE key = ? AND forgotten IS NULL "
+                           "AND time_ms >= ? AND entry > ?",
+                           (key, oldest_time, oldest_entry)).fetchall()
         return decode_results(row[0][0]) if row else None
 
     def record(self, key: str, entry: int, time_ms: int, results: Sequence[StatementResult]
                ) -> None:
         self._begin()
+        # The key may be there still, no longer recent but not yet marked: it goes now.
+        self._conn.execute("UPDATE keys SET forgotten = ? WHERE key = ? AND forgotten IS NULL",
+                           (entry, key))
         self._conn.execute("INSERT INTO keys(entry, key, time_ms, results) VALUES (?,?,?,?)",
                            (entry, key, time_ms, encode_results(results)))
 
@@ -117,6 +153,7 @@ class KeyStore:
         conn.execute("DELETE FROM keys WHERE entry > ?", (applied,))
         conn.execute("UPDATE keys SET forgotten = NULL WHERE forgotten > ?", (applied,))
         conn.execute("DELETE FROM keys WHERE forgotten <= ?", (applied,))  # durable there
+        self._set_through(applied)
         conn.execute("COMMIT")
 
     def purge(self, durable: int) -> None:
@@ -139,9 +176,10 @@ class KeyStore:
         finally:
             conn.execute("DETACH snap")
 
-    def load_from(self, path: str) -> None:
+    def load_from(self, path: str, index: int) -> None:
         """Replace the keys with those of the snapshot copy at `path` (none, for a database
-        file that is not a snapshot), and take them out of that copy. Committed."""
+        file that is not a snapshot), which holds everything up to `index`, and take them out
+        of that copy. Committed, durably."""
         conn = self._conn
         self.rollback()
         conn.execute("ATTACH ? AS snap", (path,))
@@ -153,23 +191,19 @@ class KeyStore:
                 conn.execute("INSERT INTO keys(entry, key, time_ms, results) SELECT entry, key, "
                              f"time_ms, results FROM snap.{SNAPSHOT_TABLE}")
                 conn.execute(f"DROP TABLE snap.{SNAPSHOT_TABLE}")
+            self._set_through(index)
             conn.execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
         finally:
             conn.execute("DETACH snap")
+        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)  # before the log is compacted
 
     def close(self) -> None:
         with contextlib.suppress(apsw.Error):
             self.rollback()
         self._conn.close()
-
-
-def remove_key_files(path: str) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path + suffix)
 
 
 # ---- results, as stored -----------------------------------------------------------------
