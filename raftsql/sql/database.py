@@ -50,7 +50,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ import apsw
 from raftsql.errors import StorageError
 from raftsql.sql.command import Command, ReadOptions, Replayed, StatementResult
 from raftsql.sql.determinism import JULIAN_UNIX_EPOCH_MS, ClockVFS, EntryRandom
+from raftsql.sql.files import remove_db_files, restore_copy
 from raftsql.sql.keys import KeyStore
 from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
 from raftsql.sql.readers import Readers
@@ -237,26 +237,22 @@ class Database:
             self._applied = resolve_index(self._stored_index, log_end)
         except ValueError as e:
             raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from None
-        through = self._keys.through()
-        if stored_after is not None and (through or 0) < self._applied:
-            stored = stored_after(through or 0)
-            if stored is None or any(_keyed(data) for index, data in stored
-                                     if index <= self._applied):
-                log.warning("%s: the idempotency keys of entries up to %d are lost (a power "
-                            "cut?): the database starts over from the snapshot and the log",
-                            self.path, self._applied)
-                self._start_over()
+        if stored_after is not None and self._keys.lost(self._applied, stored_after):
+            log.warning("%s: the idempotency keys of entries up to %d are lost (a power "
+                        "cut?): the database starts over from the snapshot and the log",
+                        self.path, self._applied)
+            self._start_over()
         self._reconcile_keys()
 
     def _start_over(self) -> None:
         """Empty, applied index 0: the driver restores the snapshot and replays the log."""
         empty = self.path + ".empty"
-        _remove_db_files(empty)
+        remove_db_files(empty)
         apsw.Connection(empty).close()
         try:
             self.restore(empty, 0)
         finally:
-            _remove_db_files(empty)
+            remove_db_files(empty)
 
     def _reconcile_keys(self) -> None:
         self._keys.rewind(self._applied)  # the database's file may have lost commits
@@ -535,7 +531,7 @@ class Database:
             if self._dirty:
                 self._apply_batch(_Batch([], []))
             applied = self._applied
-        _remove_db_files(path)
+        remove_db_files(path)
         source = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
         try:
             target = apsw.Connection(path)
@@ -560,7 +556,8 @@ class Database:
         database, never a mix. Raises ValueError when `path` is not a SQLite database.
         """
         with self._lock:
-            source_path = self._prepare_restore_source(path)
+            page_size = self._writer.conn.execute("PRAGMA page_size").fetchall()[0][0]
+            source_path = restore_copy(path, self.path + ".restore", page_size)
             try:
                 self._keys.load_from(source_path, applied_index)  # out of the copy, first
                 source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
@@ -570,30 +567,10 @@ class Database:
                 finally:
                     source.close()
             finally:
-                _remove_db_files(source_path)
+                remove_db_files(source_path)
             self._applied = applied_index
             self._dirty = True
             self._apply_batch(_Batch([], []))  # store the index now
-
-    def _prepare_restore_source(self, path: str) -> str:
-        """A private copy of `path` with this database's page size (a WAL-mode backup target
-        can't change its page size) in rollback-journal mode."""
-        copy = self.path + ".restore"
-        _remove_db_files(copy)
-        shutil.copyfile(path, copy)
-        page_size = self._writer.conn.execute("PRAGMA page_size").fetchall()[0][0]
-        try:
-            conn = apsw.Connection(copy)
-            try:
-                conn.execute("PRAGMA journal_mode=DELETE").fetchall()
-                if conn.execute("PRAGMA page_size").fetchall()[0][0] != page_size:
-                    conn.execute(f"PRAGMA page_size={int(page_size)}; VACUUM")
-            finally:
-                conn.close()
-        except (apsw.NotADBError, apsw.CorruptError) as e:
-            _remove_db_files(copy)
-            raise ValueError(f"not a SQLite database: {e}") from e
-        return copy
 
     # ---- closing
 
@@ -615,19 +592,3 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _keyed(data: bytes) -> bool:
-    """Whether a stored entry is a command with an idempotency key."""
-    if b'"ik"' not in data:
-        return False
-    try:
-        return Command.decode(data).key is not None
-    except Exception:
-        return False
-
-
-def _remove_db_files(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path + suffix)

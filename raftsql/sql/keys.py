@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apsw
 import orjson
 
-from raftsql.sql.command import StatementResult
+from raftsql.sql.command import Command, StatementResult
 
 # In a snapshot copy of the database: a name user SQL may not create (raftsql_ is reserved).
 SNAPSHOT_TABLE = "raftsql_keys"
@@ -100,6 +100,16 @@ class KeyStore:
         """The database's applied index at this file's last commit (None: a new file)."""
         rows = self._conn.execute("SELECT value FROM state WHERE name = 'through'").fetchall()
         return int(rows[0][0]) if rows else None
+
+    def lost(self, applied: int,
+             stored_after: Callable[[int], list[tuple[int, bytes]] | None]) -> bool:
+        """Whether keys of entries up to `applied` may be lost: this file's stamp is behind,
+        and after it the log holds a keyed entry or no longer holds every entry."""
+        through = self.through() or 0
+        if through >= applied:
+            return False
+        stored = stored_after(through)
+        return stored is None or any(_keyed(data) for index, data in stored if index <= applied)
 
     def stamp_durably(self, through: int) -> None:
         """Everything here is right as of the database's `through`, on disk whatever happens
@@ -204,6 +214,16 @@ class KeyStore:
         with contextlib.suppress(apsw.Error):
             self.rollback()
         self._conn.close()
+
+
+def _keyed(data: bytes) -> bool:
+    """Whether a stored entry is a command with an idempotency key."""
+    if b'"ik"' not in data:
+        return False
+    try:
+        return Command.decode(data).key is not None
+    except Exception:
+        return False
 
 
 # ---- results, as stored -----------------------------------------------------------------
