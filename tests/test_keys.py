@@ -9,7 +9,8 @@ import pytest
 
 from raftsql.sql.command import Command, Replayed
 from raftsql.sql.database import Database
-from raftsql.sql.keys import KeyStore, decode_results, encode_results, valid_key
+from raftsql.sql.keys import TABLE, KeyStore, decode_results, encode_results, valid_key
+from raftsql.sql.sidecar import Sidecar
 from tests.test_sqlite import SLOW, T0, dump, outcome, rows, user_schema
 
 WINDOW = 60_000
@@ -113,10 +114,10 @@ def test_keys_of_entries_the_database_lost_are_forgotten(tmp_path):
     path = str(tmp_path / "db.sqlite")
     with Database(path) as d:
         d.apply([keyed(1, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v)"], None)])
-    store = KeyStore(path + "-keys")
-    store.record("k", 2, T0, [])
-    store.commit(2)
-    store.close()
+    book = Sidecar(path + "-keys", [TABLE])
+    KeyStore(book).record("k", 2, T0, [])
+    book.commit(2)
+    book.close()
     with Database(path) as d:
         d.recover(2)
         [replayed] = d.apply([keyed(2, INSERT, "k")])

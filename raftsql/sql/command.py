@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from raftsql.sql.determinism import JULIAN_UNIX_EPOCH_MS
+
 COMMAND_VERSION = 1
 
 
@@ -22,6 +24,7 @@ class Op(enum.StrEnum):
     EXECUTE = "execute"  # writes: rows only from RETURNING
     REQUEST = "request"  # mixed (/db/request): rows from every statement that has columns
     QUERY = "query"  # a strong read through the log: a statement that writes is refused
+    KV = "kv"  # the config store's operations, applied by its extension (sql/extension.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,23 @@ class Command:
         return cls(Op(d["op"]), d["stmts"], d["tx"], d["t"], d["r"], d.get("fk", False),
                    d.get("st", 0), d.get("qc", False), d.get("ik"), d.get("iw", 0),
                    d.get("ic", 0))
+
+
+def decode_checked(data: Any) -> Command:
+    """A command from an entry, every field checked: what apply may rely on (ValueError)."""
+    cmd = Command.decode(data)  # an unknown op is a ValueError too
+    if type(cmd.statements) is not list:
+        raise ValueError("statements must be a list")
+    if type(cmd.time_ms) is not int or not 0 <= cmd.time_ms + JULIAN_UNIX_EPOCH_MS < 1 << 63:
+        raise ValueError(f"bad time {cmd.time_ms!r}")
+    if type(cmd.seed) is not int:
+        raise ValueError(f"bad seed {cmd.seed!r}")
+    if type(cmd.max_steps) is not int or cmd.max_steps < 0:
+        raise ValueError(f"bad step limit {cmd.max_steps!r}")
+    if cmd.key is not None and not (type(cmd.key) is str and type(cmd.key_window_ms) is int
+                                    and type(cmd.key_capacity) is int and cmd.key_capacity > 0):
+        raise ValueError("bad idempotency key")
+    return cmd
 
 
 @dataclass(frozen=True, slots=True)

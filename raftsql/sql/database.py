@@ -59,10 +59,13 @@ from typing import Any
 import apsw
 
 from raftsql.errors import StorageError
-from raftsql.sql.command import Command, ReadOptions, Replayed, StatementResult
-from raftsql.sql.determinism import JULIAN_UNIX_EPOCH_MS, ClockVFS, EntryRandom
+from raftsql.sql import keys
+from raftsql.sql.command import Command, Op, ReadOptions, Replayed, StatementResult, decode_checked
+from raftsql.sql.determinism import ClockVFS, EntryRandom
+from raftsql.sql.extension import Extension
 from raftsql.sql.files import remove_db_files, restore_copy
-from raftsql.sql.keys import KeyStore
+from raftsql.sql.header import resolve_index, stored_index
+from raftsql.sql.keys import KeyStore, keyed
 from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
 from raftsql.sql.readers import Readers
 from raftsql.sql.session import (
@@ -72,9 +75,10 @@ from raftsql.sql.session import (
     Limits,
     Session,
 )
+from raftsql.sql.sidecar import SIDECAR_SUFFIX, Sidecar
 
 __all__ = ["BadStatementError", "Database", "QUERY_WRITE_ERROR", "disallowed_pragma",
-           "validate_statements"]
+           "resolve_index", "stored_index", "validate_statements"]
 
 # Unix epoch as a Julian day number, in ms: what xCurrentTimeInt64 adds to an entry's time_ms.
 
@@ -82,28 +86,8 @@ _VACUUM = re.compile(r"\s*vacuum(?:\s+main)?\s*;?\s*", re.IGNORECASE)
 _KEEP = object()  # _Replay.rng_state: the statement leaves the PRNG as it is
 CHECKPOINT_PAGES = 1000  # WAL pages after which apply() checkpoints (SQLite's own default)
 _READ = ReadOptions()
-INDEX_MODULUS = 1 << 32  # the header field holding the applied index has 32 bits
 
 log = logging.getLogger("raftsql.sql")
-
-
-def stored_index(index: int) -> int:
-    """The applied index as PRAGMA application_id takes it: modulo 2^32, as a signed int32."""
-    v = index % INDEX_MODULUS
-    return v - INDEX_MODULUS if v >= 1 << 31 else v
-
-
-def resolve_index(stored: int, log_end: int | None) -> int:
-    """The applied index whose value modulo 2^32 is `stored`: the largest one <= log_end (the
-    Raft log's last index, which applying never passes). Without a log, `stored` itself.
-    Raises ValueError when no such index exists."""
-    stored %= INDEX_MODULUS
-    if log_end is None:
-        return stored
-    if log_end < stored:
-        raise ValueError(f"the database has applied log index {stored}, the log ends at "
-                         f"{log_end}")
-    return log_end - (log_end - stored) % INDEX_MODULUS
 
 
 @dataclass(slots=True)
@@ -142,20 +126,10 @@ class _Batch:
         self.segment_applied = 0
 
 
-def _decode_command(data: Any) -> Command:
-    cmd = Command.decode(data)  # an unknown op is a ValueError too
-    if type(cmd.statements) is not list:
-        raise ValueError("statements must be a list")
-    if type(cmd.time_ms) is not int or not 0 <= cmd.time_ms + JULIAN_UNIX_EPOCH_MS < 1 << 63:
-        raise ValueError(f"bad time {cmd.time_ms!r}")
-    if type(cmd.seed) is not int:
-        raise ValueError(f"bad seed {cmd.seed!r}")
-    if type(cmd.max_steps) is not int or cmd.max_steps < 0:
-        raise ValueError(f"bad step limit {cmd.max_steps!r}")
-    if cmd.key is not None and not (type(cmd.key) is str and type(cmd.key_window_ms) is int
-                                    and type(cmd.key_capacity) is int and cmd.key_capacity > 0):
-        raise ValueError("bad idempotency key")
-    return cmd
+def _writes_book(data: bytes) -> bool:
+    """Whether a stored entry writes the bookkeeping file: a keyed command, or the config
+    store's (whose sessions and history live there)."""
+    return keyed(data) or b'"op":"kv"' in data
 
 
 class Database:
@@ -167,9 +141,10 @@ class Database:
     read-only connections of their own.
     """
 
-    def __init__(self, path: str, *, readers: int = 4, fk: bool = False):
+    def __init__(self, path: str, *, readers: int = 4, fk: bool = False,
+                 extension: Extension | None = None):
         """`fk`: this node's --fk, for its read connections (what apply enforces is what each
-        command says)."""
+        command says). `extension`: what applies Op.KV entries (raftsql/kv/)."""
         self.path = os.path.abspath(path)
         self._lock = threading.Lock()
         self._vfs = ClockVFS()
@@ -193,8 +168,11 @@ class Database:
         # for freshness_strict. None until a command is applied.
         self.applied_time_ms: int | None = None
         self._readers = Readers(self.path, readers, fk)
-        self._keys = KeyStore(self.path + "-keys")
-        self._keys_reconciled = False  # keys of entries not applied are forgotten (keys.py)
+        self._extension = extension
+        tables = [keys.TABLE, *(extension.tables if extension else ())]
+        self._book = Sidecar(self.path + SIDECAR_SUFFIX, tables)  # raftsql/sql/sidecar.py
+        self._keys = KeyStore(self._book)
+        self._book_reconciled = False  # what entries not applied wrote is undone (sidecar.py)
         self._closed = False
 
     # ---- opening
@@ -237,12 +215,13 @@ class Database:
             self._applied = resolve_index(self._stored_index, log_end)
         except ValueError as e:
             raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from None
-        if stored_after is not None and self._keys.lost(self._applied, stored_after):
-            log.warning("%s: the idempotency keys of entries up to %d are lost (a power "
-                        "cut?): the database starts over from the snapshot and the log",
-                        self.path, self._applied)
+        if stored_after is not None and self._book.lost(self._applied, stored_after,
+                                                        _writes_book):
+            log.warning("%s: the bookkeeping (idempotency keys, config store sessions) of "
+                        "entries up to %d is lost (a power cut?): the database starts over "
+                        "from the snapshot and the log", self.path, self._applied)
             self._start_over()
-        self._reconcile_keys()
+        self._reconcile_book()
 
     def _start_over(self) -> None:
         """Empty, applied index 0: the driver restores the snapshot and replays the log."""
@@ -254,9 +233,11 @@ class Database:
         finally:
             remove_db_files(empty)
 
-    def _reconcile_keys(self) -> None:
-        self._keys.rewind(self._applied)  # the database's file may have lost commits
-        self._keys_reconciled = True
+    def _reconcile_book(self) -> None:
+        self._book.rewind(self._applied)  # the database's file may have lost commits
+        self._book_reconciled = True
+        if self._extension is not None:
+            self._extension.committed(self._applied)  # what the file holds
 
     # ---- applying committed entries
 
@@ -317,7 +298,7 @@ class Database:
         try:
             wal, copied = self._writer.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
             if copied == wal:  # the whole WAL is in the fsynced file: durable up to here
-                self._keys.purge(self._applied)
+                self._book.purge(self._applied)
         except apsw.BusyError:
             return  # a reader holds the WAL: the next one will do (as SQLite's own would)
         except LOCAL_ERRORS as e:
@@ -328,8 +309,8 @@ class Database:
         results: list[Any] = [None] * len(entries)
         todo = [(pos, index, data) for pos, (index, data) in enumerate(entries)
                 if index > self._applied]
-        if not self._keys_reconciled:
-            self._reconcile_keys()
+        if not self._book_reconciled:
+            self._reconcile_book()
         if todo or self._dirty:
             self._apply_batch(_Batch(todo, results))
         return results
@@ -368,15 +349,22 @@ class Database:
         batch.replays[lost.key] = lost.replay
         batch.position = batch.segment_start
         self._applied = batch.segment_applied
-        self._keys.rollback()
+        self._rolled_back()
         self._writer.exec_control("BEGIN IMMEDIATE")
 
     def _commit(self) -> None:
         # The applied index, in the same transaction as what it says was applied.
         self._writer.exec_control(f"PRAGMA application_id = {stored_index(self._applied)}")
-        self._keys.commit(self._applied)  # first: a crash leaves the keys ahead, never behind
+        self._book.commit(self._applied)  # first: a crash leaves it ahead, never behind
         self._writer.exec_control("COMMIT")
         self._dirty = False
+        if self._extension is not None:
+            self._extension.committed(self._applied)
+
+    def _rolled_back(self) -> None:
+        self._book.rollback()
+        if self._extension is not None:
+            self._extension.rolled_back()
 
     def _outside_transaction(self, batch: _Batch, work: Callable[[], Any]) -> Any:
         """Commit what the batch applied so far, do `work` (what SQLite can't do inside a
@@ -398,7 +386,7 @@ class Database:
         self._limits.stop()
         self._applied = batch.segment_applied
         try:
-            self._keys.rollback()
+            self._rolled_back()
             if self._writer.conn.in_transaction:
                 self._writer.exec_control("ROLLBACK")
         except apsw.Error as e:
@@ -407,16 +395,18 @@ class Database:
     def _abandon_segment(self, batch: _Batch) -> None:
         self._applied = batch.segment_applied
         with contextlib.suppress(Exception):
-            self._keys.rollback()
+            self._rolled_back()
             if self._writer.conn.in_transaction:
                 self._writer.exec_control("ROLLBACK")
 
     def _apply_entry(self, batch: _Batch, pos: int, index: int, data: Any
                      ) -> list[StatementResult]:
         try:
-            cmd = _decode_command(data)
+            cmd = decode_checked(data)
         except Exception as e:  # a corrupt entry is an error result, the same on every node
             return [StatementResult(error=f"invalid command: {e}")]
+        if cmd.op is Op.KV:
+            return self._apply_extension(index, cmd)
         if cmd.key is None:
             return self._run_command(batch, pos, cmd)
         first = self._keys.first_results(cmd.key, index, cmd.time_ms, cmd.key_window_ms,
@@ -426,6 +416,16 @@ class Database:
         results = self._run_command(batch, pos, cmd)
         self._keys.record(cmd.key, index, cmd.time_ms, results)
         return results
+
+    def _apply_extension(self, index: int, cmd: Command) -> Any:
+        if self._extension is None:
+            return [StatementResult(error="this node has no config store")]
+        if self._limits.deadline is not None and self._limits.over():
+            raise _OverBudget
+        self.applied_time_ms = cmd.time_ms
+        self._book.begin()
+        with self._writer.internal_sql() as cursor:
+            return self._extension.apply(cursor, self._book.conn, index, cmd)
 
     def _run_command(self, batch: _Batch, pos: int, cmd: Command) -> list[StatementResult]:
         if cmd.fk != self._fk:
@@ -544,8 +544,8 @@ class Database:
         finally:
             source.close()
         with self._lock:
-            self._keys.copy_into(path)
-            self._keys.stamp_durably(applied)  # the log may be compacted up to here next
+            self._book.copy_into(path)
+            self._book.stamp_durably(applied)  # the log may be compacted up to here next
         # No fsync: the caller reads the file back and stores the snapshot durably itself
         # (Storage.save_snapshot), then deletes this copy.
         return applied
@@ -559,7 +559,7 @@ class Database:
             page_size = self._writer.conn.execute("PRAGMA page_size").fetchall()[0][0]
             source_path = restore_copy(path, self.path + ".restore", page_size)
             try:
-                self._keys.load_from(source_path, applied_index)  # out of the copy, first
+                self._book.load_from(source_path, applied_index)  # out of the copy, first
                 source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
                 try:
                     with self._writer.conn.backup("main", source, "main") as backup:
@@ -571,6 +571,8 @@ class Database:
             self._applied = applied_index
             self._dirty = True
             self._apply_batch(_Batch([], []))  # store the index now
+        if self._extension is not None:
+            self._extension.restored()
 
     # ---- closing
 
@@ -583,7 +585,7 @@ class Database:
                 self._apply_batch(_Batch([], []))
             self._closed = True
             self._readers.close()
-            self._keys.close()
+            self._book.close()
             self._writer.conn.close()
             self._vfs.unregister()
 

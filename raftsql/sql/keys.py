@@ -13,45 +13,26 @@ entry at most `capacity` entries older. Every node judges the same keys at the s
 entries, however its batches are cut. Keys no longer recent are marked forgotten a bounded
 number at a time (by each keyed entry, in a fixed order), so no entry does unbounded work.
 
-The keys live in a SQLite file of their own beside the database (`db.sqlite-keys`): user SQL
-never sees it (the database holds only the user's schema, docs/design.md §8). Its
-transaction shadows the database's batch transaction: rolled back with it, and committed
-just before it, with the database's applied index (`through`). Neither file is fsynced per
-batch (the Raft log is the durable record); a crash of the process keeps both commits'
-order, a power cut may take the last commits of either:
-
-- the keys ahead of the database (a crash between the two commits, or a power cut that took
-  more of the database): nothing here is undone by deleting (a forgotten key is marked with
-  the entry that forgot it), so `rewind(applied)` takes the file back exactly to what it
-  held at `applied`. Marked keys are deleted for good only once the database is durable past
-  the entry that forgot them (`purge`, after a full checkpoint, and at open);
-- the keys behind (a power cut that took more of the keys): the database has applied keyed
-  entries whose keys are lost. The database sees it at open (`through` is behind, and the
-  Raft log holds a keyed entry after it) and starts over from the snapshot. The stamp is
-  made durable whenever the log may be compacted (`stamp_durably`, at each snapshot and
-  restore), so the entries after `through` are always still in the log.
-
-Snapshots carry the keys (`copy_into`, `load_from`).
+The keys live in the bookkeeping file beside the database (raftsql/sql/sidecar.py: user SQL
+never sees it, and it goes back exactly to any applied index): a key no longer recent is
+marked with the entry that forgot it (`forgotten`), never deleted by that entry. Snapshots
+carry the keys remembered.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import apsw
 import orjson
 
 from raftsql.sql.command import Command, StatementResult
+from raftsql.sql.sidecar import Sidecar, Table
 
-# In a snapshot copy of the database: a name user SQL may not create (raftsql_ is reserved).
-SNAPSHOT_TABLE = "raftsql_keys"
 MAX_KEY_LENGTH = 128
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     entry INTEGER PRIMARY KEY,  -- the Raft index of the entry that applied (one key each)
     key TEXT NOT NULL,
@@ -64,6 +45,8 @@ CREATE INDEX IF NOT EXISTS live_by_time ON keys(time_ms) WHERE forgotten IS NULL
 CREATE INDEX IF NOT EXISTS by_forgotten ON keys(forgotten) WHERE forgotten IS NOT NULL;
 """
 FORGET_PER_ENTRY = 64  # keys marked forgotten by one keyed entry, at most, per reason
+TABLE = Table("keys", _SCHEMA, "entry, key, time_ms, results", gone="forgotten")
+SNAPSHOT_TABLE = TABLE.snapshot_name  # in a snapshot copy of the database
 
 
 def valid_key(key: str) -> bool:
@@ -72,57 +55,12 @@ def valid_key(key: str) -> bool:
 
 
 class KeyStore:
-    """The recent keys of one database. Used by the Database's apply thread only."""
+    """The recent keys of one database, in its bookkeeping file. Used by the Database's apply
+    thread only."""
 
-    def __init__(self, path: str):
-        self.path = path
-        self._conn = apsw.Connection(path)
-        self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
-        self._conn.execute(_SCHEMA)
-
-    # ---- the transaction that shadows the database's
-
-    def _begin(self) -> None:
-        if not self._conn.in_transaction:
-            self._conn.execute("BEGIN IMMEDIATE")
-
-    def commit(self, through: int) -> None:
-        """Commit what the batch did; the database has then applied `through`."""
-        if self._conn.in_transaction:
-            self._set_through(through)
-            self._conn.execute("COMMIT")
-
-    def _set_through(self, through: int) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO state VALUES ('through', ?)", (through,))
-
-    def through(self) -> int | None:
-        """The database's applied index at this file's last commit (None: a new file)."""
-        rows = self._conn.execute("SELECT value FROM state WHERE name = 'through'").fetchall()
-        return int(rows[0][0]) if rows else None
-
-    def lost(self, applied: int,
-             stored_after: Callable[[int], list[tuple[int, bytes]] | None]) -> bool:
-        """Whether keys of entries up to `applied` may be lost: this file's stamp is behind,
-        and after it the log holds a keyed entry or no longer holds every entry."""
-        through = self.through() or 0
-        if through >= applied:
-            return False
-        stored = stored_after(through)
-        return stored is None or any(_keyed(data) for index, data in stored if index <= applied)
-
-    def stamp_durably(self, through: int) -> None:
-        """Everything here is right as of the database's `through`, on disk whatever happens
-        (before the log is compacted up to it)."""
-        self.rollback()
-        self._conn.execute("BEGIN IMMEDIATE")
-        self._set_through(through)
-        self._conn.execute("COMMIT")
-        self._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)  # the WAL, then the file
-
-    def rollback(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+    def __init__(self, sidecar: Sidecar):
+        self._sidecar = sidecar
+        self._conn = sidecar.conn
 
     # ---- applying a keyed entry
 
@@ -130,7 +68,7 @@ class KeyStore:
                       ) -> list[StatementResult] | None:
         """The results the key's first entry gave, if it is recent for this entry; else None
         (the key is new). Marks a few keys no longer recent as forgotten on the way."""
-        self._begin()
+        self._sidecar.begin()
         oldest_time, oldest_entry = time_ms - window_ms, entry - capacity
         conn = self._conn
         conn.execute("UPDATE keys SET forgotten = ?1 WHERE entry IN (SELECT entry FROM keys "
@@ -146,78 +84,21 @@ class KeyStore:
 
     def record(self, key: str, entry: int, time_ms: int, results: Sequence[StatementResult]
                ) -> None:
-        self._begin()
+        self._sidecar.begin()
         # The key may be there still, no longer recent but not yet marked: it goes now.
         self._conn.execute("UPDATE keys SET forgotten = ? WHERE key = ? AND forgotten IS NULL",
                            (entry, key))
         self._conn.execute("INSERT INTO keys(entry, key, time_ms, results) VALUES (?,?,?,?)",
                            (entry, key, time_ms, encode_results(results)))
 
-    # ---- opening, snapshots
-
-    def rewind(self, applied: int) -> None:
-        """Back to what this held when the database had applied `applied`: at open, when the
-        database may have lost commits this file kept (see the module docstring)."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("DELETE FROM keys WHERE entry > ?", (applied,))
-        conn.execute("UPDATE keys SET forgotten = NULL WHERE forgotten > ?", (applied,))
-        conn.execute("DELETE FROM keys WHERE forgotten <= ?", (applied,))  # durable there
-        self._set_through(applied)
-        conn.execute("COMMIT")
-
-    def purge(self, durable: int) -> None:
-        """The database is durable up to `durable`: what was forgotten by then can go."""
-        self.rollback()
-        self._conn.execute("DELETE FROM keys WHERE forgotten <= ?", (durable,))
-
     def count(self) -> int:
         """Keys remembered (not forgotten)."""
         sql = "SELECT count(*) FROM keys WHERE forgotten IS NULL"
         return int(self._conn.execute(sql).fetchall()[0][0])
 
-    def copy_into(self, path: str) -> None:
-        """Add the keys remembered to the snapshot copy of the database at `path`."""
-        conn = self._conn
-        conn.execute("ATTACH ? AS snap", (path,))
-        try:
-            conn.execute(f"CREATE TABLE snap.{SNAPSHOT_TABLE} AS SELECT entry, key, time_ms, "
-                         "results FROM main.keys WHERE forgotten IS NULL")
-        finally:
-            conn.execute("DETACH snap")
 
-    def load_from(self, path: str, index: int) -> None:
-        """Replace the keys with those of the snapshot copy at `path` (none, for a database
-        file that is not a snapshot), which holds everything up to `index`, and take them out
-        of that copy. Committed, durably."""
-        conn = self._conn
-        self.rollback()
-        conn.execute("ATTACH ? AS snap", (path,))
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM snap.sqlite_schema")}
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM keys")
-            if SNAPSHOT_TABLE in tables:
-                conn.execute("INSERT INTO keys(entry, key, time_ms, results) SELECT entry, key, "
-                             f"time_ms, results FROM snap.{SNAPSHOT_TABLE}")
-                conn.execute(f"DROP TABLE snap.{SNAPSHOT_TABLE}")
-            self._set_through(index)
-            conn.execute("COMMIT")
-        except BaseException:
-            self.rollback()
-            raise
-        finally:
-            conn.execute("DETACH snap")
-        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)  # before the log is compacted
-
-    def close(self) -> None:
-        with contextlib.suppress(apsw.Error):
-            self.rollback()
-        self._conn.close()
-
-
-def _keyed(data: bytes) -> bool:
-    """Whether a stored entry is a command with an idempotency key."""
+def keyed(data: bytes) -> bool:
+    """Whether a stored entry is a command with an idempotency key (it writes the keys)."""
     if b'"ik"' not in data:
         return False
     try:

@@ -51,6 +51,18 @@ _CREATE_CODES = frozenset((
     apsw.SQLITE_CREATE_TEMP_VIEW, apsw.SQLITE_CREATE_TEMP_TRIGGER, apsw.SQLITE_CREATE_VTABLE,
 ))
 RESERVED_PREFIX = "raftsql_"  # raftsql's own tables (a snapshot's keys, the config store)
+# The config store's table (raftsql/kv/): SQL reads it, only the KV API writes it. A trigger or
+# index on it would run or change with the KV API's own writes, so those are refused too.
+_PRODUCT_TABLE = "raftsql_kv"
+_ON_TABLE = frozenset((  # the authorizer names the table first...
+    apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE, apsw.SQLITE_DROP_TABLE))
+_PRODUCT_WRITES = _ON_TABLE | frozenset((  # ...or second
+    apsw.SQLITE_ALTER_TABLE, apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_CREATE_TRIGGER,
+    apsw.SQLITE_CREATE_TEMP_TRIGGER, apsw.SQLITE_CREATE_TEMP_INDEX, apsw.SQLITE_DROP_INDEX,
+    apsw.SQLITE_DROP_TRIGGER,
+))
+_PRODUCT_REFUSED = ("raftsql_kv is the config store's table: SQL may read it, only the KV API "
+                    "(/v1/kv, /v1/txn) writes it")
 _OPTIMIZE_REFUSED = "PRAGMA optimize is not deterministic across nodes: use ANALYZE"
 _APPLICATION_ID_REFUSED = ("PRAGMA application_id is reserved: raftsql keeps the applied log "
                            "index in that header field")
@@ -87,6 +99,10 @@ def _refusal(code: int, arg1: str | None, arg2: str | None, mode: int) -> str | 
         return _ATTACH_REFUSED
     if code in _CREATE_CODES and (arg1 or "").lower().startswith(RESERVED_PREFIX):
         return f"object name reserved for raftsql: {arg1}"
+    if code in _PRODUCT_WRITES:
+        table = arg1 if code in _ON_TABLE else arg2
+        if (table or "").lower() == _PRODUCT_TABLE:
+            return _PRODUCT_REFUSED
     if code == apsw.SQLITE_PRAGMA:
         name = (arg1 or "").lower()
         reason = _pragma_refusal(name, arg2)
