@@ -34,11 +34,13 @@ apply() then redoes the batch from its start, with that statement replayed as th
 (see _TransactionLost), so the outcome is what autocommit would give, on every node.
 
 Time budgets: apply_within() and query_within() let an event loop run the common, tiny batch
-itself (a single-row write applies in ~20 us; a thread hop costs ~10x that) without ever
-being held up long: a progress handler interrupts user SQL once the budget is spent, the
-batch is rolled back to where it began, and the caller runs it again
-with apply() / query() on a thread of its own. Since nothing of an over-budget attempt
-remains, where a batch runs never changes what it does.
+itself (a thread hop costs ~10x a one-row write): a progress handler interrupts user SQL once
+the budget is spent, the batch is rolled back to where it began, and the caller runs it again
+on a thread with apply() / query(); where a batch runs never changes what it does.
+
+Config store entries (Op.KV) are applied by the extension the database is given
+(raftsql/sql/extension.py), in the same batches; idempotency keys and the extension keep
+their bookkeeping in the sidecar file (raftsql/sql/sidecar.py).
 
 Known gap: once a rowid table holds rowid 9223372036854775807, SQLite picks new rowids at random
 from its own PRNG, which apsw gives no way to seed; those rowids differ between nodes.
@@ -60,7 +62,7 @@ import apsw
 
 from raftsql.errors import StorageError
 from raftsql.sql import keys
-from raftsql.sql.command import Command, Op, ReadOptions, Replayed, StatementResult, decode_checked
+from raftsql.sql.command import Command, Op, ReadOptions, StatementResult, decode_checked
 from raftsql.sql.determinism import ClockVFS, EntryRandom
 from raftsql.sql.extension import Extension
 from raftsql.sql.files import remove_db_files, restore_copy
@@ -399,23 +401,25 @@ class Database:
             if self._writer.conn.in_transaction:
                 self._writer.exec_control("ROLLBACK")
 
-    def _apply_entry(self, batch: _Batch, pos: int, index: int, data: Any
-                     ) -> list[StatementResult]:
+    def _apply_entry(self, batch: _Batch, pos: int, index: int, data: Any) -> Any:
         try:
             cmd = decode_checked(data)
         except Exception as e:  # a corrupt entry is an error result, the same on every node
             return [StatementResult(error=f"invalid command: {e}")]
-        if cmd.op is Op.KV:
-            return self._apply_extension(index, cmd)
         if cmd.key is None:
-            return self._run_command(batch, pos, cmd)
-        first = self._keys.first_results(cmd.key, index, cmd.time_ms, cmd.key_window_ms,
+            return self._apply_command(batch, pos, index, cmd)
+        first = self._keys.first_outcome(cmd.key, index, cmd.time_ms, cmd.key_window_ms,
                                          cmd.key_capacity)
         if first is not None:
-            return Replayed(first)
-        results = self._run_command(batch, pos, cmd)
-        self._keys.record(cmd.key, index, cmd.time_ms, results)
-        return results
+            return first
+        outcome = self._apply_command(batch, pos, index, cmd)
+        self._keys.record(cmd.key, index, cmd.time_ms, outcome)
+        return outcome
+
+    def _apply_command(self, batch: _Batch, pos: int, index: int, cmd: Command) -> Any:
+        if cmd.op is Op.KV:
+            return self._apply_extension(index, cmd)
+        return self._run_command(batch, pos, cmd)
 
     def _apply_extension(self, index: int, cmd: Command) -> Any:
         if self._extension is None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from raftsql.sql.command import Command, StatementResult
+from raftsql.sql.command import Command, Replayed, StatementResult
 from raftsql.sql.sidecar import Sidecar, Table
 
 MAX_KEY_LENGTH = 128
@@ -64,10 +64,11 @@ class KeyStore:
 
     # ---- applying a keyed entry
 
-    def first_results(self, key: str, entry: int, time_ms: int, window_ms: int, capacity: int
-                      ) -> list[StatementResult] | None:
-        """The results the key's first entry gave, if it is recent for this entry; else None
-        (the key is new). Marks a few keys no longer recent as forgotten on the way."""
+    def first_outcome(self, key: str, entry: int, time_ms: int, window_ms: int, capacity: int
+                      ) -> Any:
+        """What the key's first entry gave (see decode_outcome), if it is recent for this
+        entry; else None (the key is new). Marks a few keys no longer recent as forgotten on
+        the way."""
         self._sidecar.begin()
         oldest_time, oldest_entry = time_ms - window_ms, entry - capacity
         conn = self._conn
@@ -80,16 +81,15 @@ class KeyStore:
         row = conn.execute("SELECT results FROM keys WHERE key = ? AND forgotten IS NULL "
                            "AND time_ms >= ? AND entry > ?",
                            (key, oldest_time, oldest_entry)).fetchall()
-        return decode_results(row[0][0]) if row else None
+        return decode_outcome(row[0][0]) if row else None
 
-    def record(self, key: str, entry: int, time_ms: int, results: Sequence[StatementResult]
-               ) -> None:
+    def record(self, key: str, entry: int, time_ms: int, outcome: Any) -> None:
         self._sidecar.begin()
         # The key may be there still, no longer recent but not yet marked: it goes now.
         self._conn.execute("UPDATE keys SET forgotten = ? WHERE key = ? AND forgotten IS NULL",
                            (entry, key))
         self._conn.execute("INSERT INTO keys(entry, key, time_ms, results) VALUES (?,?,?,?)",
-                           (entry, key, time_ms, encode_results(results)))
+                           (entry, key, time_ms, encode_outcome(outcome)))
 
     def count(self) -> int:
         """Keys remembered (not forgotten)."""
@@ -119,6 +119,18 @@ def _value_in(v: Any) -> Any:
     return base64.b64decode(v["b"]) if type(v) is dict else v
 
 
+def encode_outcome(outcome: Any) -> bytes:
+    """An entry's outcome as stored: its statements' results, or (a config store entry's,
+    raftsql/kv/) any JSON value."""
+    return encode_results(outcome) if isinstance(outcome, list) else orjson.dumps({"kv": outcome})
+
+
+def decode_outcome(data: bytes) -> Any:
+    """A stored outcome, as a repeat of its entry gives it: statement results are Replayed."""
+    stored = orjson.loads(data)
+    return stored["kv"] if type(stored) is dict else Replayed(_results(stored))
+
+
 def encode_results(results: Sequence[StatementResult]) -> bytes:
     return orjson.dumps([
         {"c": r.columns, "d": r.decltypes, "r": [[_value_out(v) for v in row] for row in r.rows],
@@ -128,9 +140,13 @@ def encode_results(results: Sequence[StatementResult]) -> bytes:
 
 
 def decode_results(data: bytes) -> list[StatementResult]:
+    return _results(orjson.loads(data))
+
+
+def _results(stored: list[Any]) -> list[StatementResult]:
     return [
         StatementResult(columns=d["c"], decltypes=d["d"],
                         rows=[tuple(_value_in(v) for v in row) for row in d["r"]],
                         last_insert_id=d["i"], rows_affected=d["a"], error=d["e"], time=d["t"])
-        for d in orjson.loads(data)
+        for d in stored
     ]
