@@ -8,18 +8,21 @@ case the transport gets a listener of its own (rqlite's two ports).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from raftsql.http.app import DEFAULT_MAX_BODY_BYTES, make_app
+from raftsql.kv.machine import HISTORY, KvMachine
+from raftsql.kv.service import KvLimits, KvService
 from raftsql.node import Node, NodeConfig
 from raftsql.sql.database import Database
 from raftsql.sql.service import KEY_CAPACITY, KEY_WINDOW, SqlService
+from raftsql.sql.sidecar import SIDECAR_SUFFIX
 from raftsql.transport.rpc import serve_app
 from raftsql.transport.websocket import Transport
 
-__all__ = ["NodeConfig", "Server", "ServerConfig"]
+__all__ = ["KvLimits", "NodeConfig", "Server", "ServerConfig"]
 
 
 @dataclass
@@ -29,6 +32,8 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     key_window: float = KEY_WINDOW  # seconds an idempotency key is remembered
     key_capacity: int = KEY_CAPACITY  # and for how many log entries
+    kv_limits: KvLimits = field(default_factory=KvLimits)  # the config store's sizes
+    kv_history: int = HISTORY  # changes kept for /v1/changes
 
 
 class Server:
@@ -36,25 +41,31 @@ class Server:
         self.config = config
         nc = config.node
         os.makedirs(nc.data_dir, exist_ok=True)
-        self.database = Database(os.path.join(nc.data_dir, "db.sqlite"), fk=config.fk)
+        self.machine = KvMachine(history=config.kv_history)
+        self.database = Database(os.path.join(nc.data_dir, "db.sqlite"), fk=config.fk,
+                                 extension=self.machine)
         self.transport = Transport(nc.node_id, secret=nc.cluster_secret, api_url=nc.api_url)
         self.node = Node(nc, self.database, transport=self.transport)
         self.sql = SqlService(self.node, self.database, fk=config.fk,
                               key_window=config.key_window, key_capacity=config.key_capacity)
+        self.kv = KvService(self.node, self.sql, self.machine, self.database.path + SIDECAR_SUFFIX,
+                            limits=config.kv_limits)
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
         nc = self.config.node
-        app = make_app(self.node, self.sql, max_body_bytes=self.config.max_body_bytes)
+        app = make_app(self.node, self.sql, kv=self.kv, max_body_bytes=self.config.max_body_bytes)
         if nc.raft_addr and nc.raft_addr != nc.http_addr:
             await self.transport.listen(nc.raft_addr)
         else:
             self.transport.add_routes(app)
         await self.node.start()
+        await self.kv.start()
         self._runners.append(await serve_app(app, nc.http_addr))
 
     async def stop(self, transfer: bool = True) -> None:
         """The node first (a leader hands over; what waits on it fails), then the API."""
+        await self.kv.stop()
         await self.node.stop(transfer=transfer)
         for runner in self._runners:
             await runner.cleanup()

@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "entries, so at most this many are kept (the oldest go first)")
     serve.add_argument("--max-body-bytes", type=_positive, default=64 * 2**20, metavar="BYTES",
                        help="the largest request body the HTTP API accepts (413 above)")
+    serve.add_argument("--kv-max-value-bytes", type=_positive, default=512 * 1024,
+                       metavar="BYTES", help="the largest value the config store accepts "
+                       "(/v1/kv; 413 above)")
+    serve.add_argument("--kv-max-txn-ops", type=_positive, default=128, metavar="N",
+                       help="the most operations one /v1/txn transaction may hold")
+    serve.add_argument("--kv-history", type=_positive, default=100_000, metavar="CHANGES",
+                       help="how many of the config store's latest changes are kept for "
+                       "/v1/changes watchers (older ones are compacted)")
 
     cluster = sub.add_parser("cluster", formatter_class=defaults,
                              help="run N local nodes for trying things; Ctrl-C stops all",
@@ -195,7 +203,7 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
     import logging
 
     from raftsql.errors import RaftSQLError
-    from raftsql.server import NodeConfig, Server, ServerConfig
+    from raftsql.server import KvLimits, NodeConfig, Server, ServerConfig
 
     if stop.requested:
         return 0
@@ -218,7 +226,10 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
     async def run() -> int:
         node = Server(ServerConfig(config, fk=args.fk, max_body_bytes=args.max_body_bytes,
                                    key_window=args.idempotency_window,
-                                   key_capacity=args.idempotency_keys))
+                                   key_capacity=args.idempotency_keys,
+                                   kv_limits=KvLimits(args.kv_max_value_bytes,
+                                                      args.kv_max_txn_ops),
+                                   kv_history=args.kv_history))
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))

@@ -14,11 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
+from raftsql.http.consul import kv as consul_kv
+from raftsql.http.consul import session as consul_session
 from raftsql.http.queue import WriteQueue
 from raftsql.http.respond import VERSION, error_response, text_error
 from raftsql.http.rqlite import cluster as routes_cluster
 from raftsql.http.rqlite import db as routes_db
 from raftsql.http.state import STATE, ApiState, ClusterNode
+from raftsql.kv.service import KvService
 from raftsql.sql.service import SqlService
 
 log = logging.getLogger("raftsql.http")
@@ -27,15 +30,17 @@ DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 
 
 def make_app(
-    node: ClusterNode, sql: SqlService, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    node: ClusterNode, sql: SqlService, *, kv: KvService | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allow_origin: str | None = None, queue_capacity: int = 1024, queue_batch_size: int = 128,
     queue_timeout: float = 0.05,
 ) -> web.Application:
-    """The rqlite-compatible API of `node` and its SQL service."""
+    """The rqlite-compatible API of `node` and its SQL service; with `kv`, Consul's KV API
+    of its config store too."""
     # Data routes stream their bodies against max_body_bytes themselves (413 before reading
     # more); client_max_size only bounds routes that call request.read(), like Raft's RPC.
     app = web.Application(middlewares=[_guard], client_max_size=max(max_body_bytes, 2**20))
-    state = ApiState(node, sql, max_body_bytes, allow_origin)
+    state = ApiState(node, sql, max_body_bytes, kv, allow_origin)
     state.queue = WriteQueue(sql, node.node_id, lambda: state.client, capacity=queue_capacity,
                              batch_size=queue_batch_size, timeout=queue_timeout)
     app[STATE] = state
@@ -59,6 +64,8 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_delete("/remove", routes_cluster.handle_remove)
     r.add_post("/snapshot", routes_cluster.handle_snapshot)
     r.add_get("/", _root)
+    consul_kv.add_routes(r)
+    consul_session.add_routes(r)
 
 
 async def _root(request: web.Request) -> web.Response:

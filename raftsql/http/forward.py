@@ -46,6 +46,7 @@ from raftsql.http.state import ApiState
 log = logging.getLogger("raftsql.http")
 
 _PASSED_HEADERS = ("Content-Type", "Authorization", "Accept", IDEMPOTENCY_KEY)
+_PASSED_BACK_PREFIXES = ("X-Consul-", "X-Raftsql-Compact-")
 _POLL = 0.05  # seconds between two looks for a leader
 _RETRY_SAME = 0.5  # seconds before a leader that could not be reached is tried again
 _CONNECT_TIMEOUT = 2.0  # a leader that does not accept a connection by then is treated as down
@@ -157,6 +158,9 @@ async def _proxy(state: ApiState, request: web.Request, leader_url: str, leader_
     for name in ("Content-Type", "Location", "X-Content-Type-Options", "Retry-After", REPLAYED):
         if name in resp.headers:
             out[name] = resp.headers[name]
+    for name, value in resp.headers.items():
+        if name.startswith(_PASSED_BACK_PREFIXES):  # Consul's index and leader headers
+            out[name] = value
     return web.Response(status=resp.status, body=data, headers=out)
 
 

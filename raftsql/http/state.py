@@ -1,5 +1,5 @@
-"""What every route of one node's API shares: the node, its SQL service, the forwarding
-session, the queue; and the two interfaces the API uses them through."""
+"""What every route of one node's API shares: the node, its SQL and config store services,
+the forwarding session, the queue; and the interfaces the API uses them through."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from raftsql.http.queue import WriteQueue
+from raftsql.kv.service import KvService
 from raftsql.node.addresses import Member
 from raftsql.sql.service import SqlService
 
@@ -26,6 +27,7 @@ class ClusterNode(Protocol):
     removed: bool
 
     def leader_api_url(self) -> str | None: ...
+    def last_contact(self) -> float | None: ...
     def members(self) -> list[Member]: ...
     def status(self) -> dict[str, Any]: ...
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None: ...
@@ -39,6 +41,7 @@ class ApiState:
     node: ClusterNode
     sql: SqlService
     max_body_bytes: int
+    kv: KvService | None = None  # the config store (raftsql/kv/), when this node serves it
     allow_origin: str | None = None
     queue: WriteQueue | None = None
     session: aiohttp.ClientSession | None = None

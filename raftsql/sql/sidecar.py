@@ -113,21 +113,8 @@ class Sidecar:
         self.conn.execute("COMMIT")
         self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)  # the WAL, then the file
 
-    # ---- history tables
-
     def floor(self, table: Table) -> int:
-        """The newest entry whose rows `trim` deleted from a history (0: none)."""
-        return self._get(f"floor:{table.name}") or 0
-
-    def trim(self, table: Table, keep: int) -> None:
-        """Delete a history's oldest entries' rows beyond its newest `keep` rows (whole
-        entries only), raising its floor. In the batch's transaction."""
-        rows = self.conn.execute(f"SELECT entry FROM {table.name} ORDER BY entry DESC "
-                                 "LIMIT 1 OFFSET ?", (keep,)).fetchall()
-        if rows:
-            newest_trimmed = int(rows[0][0])
-            self.conn.execute(f"DELETE FROM {table.name} WHERE entry <= ?", (newest_trimmed,))
-            self._set(f"floor:{table.name}", max(newest_trimmed, self.floor(table)))
+        return history_floor(self.conn, table)
 
     # ---- opening, checkpoints, snapshots
 
@@ -179,7 +166,7 @@ class Sidecar:
                 conn.execute(f"DELETE FROM {t.name}")
                 if t.snapshot_name in present:
                     conn.execute(f"INSERT INTO {t.name}({t.columns}) SELECT {t.columns} "
-                                 f"FROM snap.{t.snapshot_name}")
+                                 f"FROM snap.{t.snapshot_name} ORDER BY rowid")
                     conn.execute(f"DROP TABLE snap.{t.snapshot_name}")
                 if t.history:  # what came before the copy's oldest row is not known here
                     oldest = conn.execute(f"SELECT min(entry) FROM {t.name}").fetchall()[0][0]
@@ -197,3 +184,27 @@ class Sidecar:
         with contextlib.suppress(apsw.Error):
             self.rollback()
         self.conn.close()
+
+
+# ---- history tables, for their owners (on the file's connection, or a reader's)
+
+def history_floor(conn: apsw.Connection, table: Table) -> int:
+    """The newest entry whose rows `trim_history` deleted (0: none): a history holds every
+    row of the entries after it."""
+    rows = conn.execute("SELECT value FROM state WHERE name = ?",
+                        (f"floor:{table.name}",)).fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+def trim_history(conn: apsw.Connection, table: Table, keep: int) -> None:
+    """Delete a history's oldest entries' rows beyond its newest `keep` rows (whole entries
+    only), raising its floor; in the batch's transaction. A history is a rowid table whose
+    rows are inserted in log order, so its rowids are consecutive and this is two lookups."""
+    name = table.name
+    rows = conn.execute(f"SELECT entry FROM {name} WHERE rowid <= (SELECT max(rowid) FROM "
+                        f"{name}) - ? ORDER BY rowid DESC LIMIT 1", (keep,)).fetchall()
+    if rows:
+        newest = int(rows[0][0])
+        conn.execute(f"DELETE FROM {name} WHERE entry <= ?", (newest,))
+        conn.execute("INSERT INTO state VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                     "value = max(value, excluded.value)", (f"floor:{name}", newest))
