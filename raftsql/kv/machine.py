@@ -101,6 +101,12 @@ class KvMachine:
             trim_history(book, CHANGES, self.history)
         return outcome
 
+    def inline(self, cmd: Command) -> bool:
+        """One small operation: not a tree, a session's end (all its keys) or a transaction."""
+        ops = cmd.statements
+        return (not cmd.transaction and len(ops) == 1 and type(ops[0]) is dict
+                and ops[0].get("v") not in ("get-tree", "delete-tree", "session-destroy"))
+
     def committed(self, applied: int) -> None:
         self.visible = max(self.visible, applied)
         pending, self._pending = self._pending, []

@@ -13,8 +13,9 @@ data), so a blocking query given it back misses no change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -64,8 +65,12 @@ class KvService:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        changed = self.watchers.changed
-        self._machine.notify = lambda index, keys: loop.call_soon_threadsafe(changed, index, keys)
+
+        def notify(index: int, keys: Sequence[str] | None) -> None:  # on the apply thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                loop.call_soon_threadsafe(self.watchers.changed, index, keys)
+
+        self._machine.notify = notify
         self.timers.start()
 
     async def stop(self) -> None:

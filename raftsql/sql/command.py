@@ -91,6 +91,18 @@ def decode_checked(data: Any) -> Command:
     return cmd
 
 
+def writes_bookkeeping(data: bytes) -> bool:
+    """Whether a stored entry writes the bookkeeping file (raftsql/sql/sidecar.py): a command
+    with an idempotency key, or the config store's (its sessions and history live there)."""
+    if b'"ik"' not in data and b'"op":"kv"' not in data:
+        return False
+    try:
+        cmd = Command.decode(data)
+    except Exception:
+        return False
+    return cmd.key is not None or cmd.op is Op.KV
+
+
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
     """How a read runs on this node's read connections (rqlite's query flags)."""

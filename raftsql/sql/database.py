@@ -5,26 +5,20 @@ end with byte-identical user tables. What SQLite would otherwise take from the m
 from the entry instead: the clock (a VFS whose xCurrentTimeInt64 returns the entry's time_ms)
 and randomness (random()/randomblob() drawing from a PRNG seeded by the entry's seed).
 
-Group commit: one SQLite transaction per apply() batch. The applied index is written in the
-same transaction, into the database header's application_id field (PRAGMA application_id,
-which SQLite writes transactionally and which moves none of the counters user SQL sees), so
-the database holds no table of raftsql's: its schema is exactly the user's. The field has 32
-bits: it holds the index modulo 2^32, and opening resolves it against the end of the Raft log
-(`log_end`), which the applied index never passes and never trails by 2^32 entries. A command
-with the `transaction` flag runs in a SAVEPOINT; without it each statement is atomic on its own
-(SQLite's statement journal), as under rqlite's autocommit. A batch may be cut differently on
-each node, so nothing may depend on where a batch starts: the connection counters
-(last_insert_rowid(), changes(), total_changes()) start from zero with every command
-(raftsql/sqlsession.py), and foreign_keys is what the command says (--fk on the leader).
+Group commit: one SQLite transaction per apply() batch, holding the applied index in the
+header's application_id field (modulo 2^32, resolved against the Raft log's end at open:
+docs/design.md §8), so the database holds no table of raftsql's. A command with the
+`transaction` flag runs in a SAVEPOINT; without it each statement is atomic on its own, as
+under rqlite's autocommit. Nothing may depend on where a batch starts: the connection counters
+start from zero with every command (session.py), foreign_keys is what the command says.
 
 Refused (a per-statement error, identical on every node):
 - BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE: the batch transaction belongs to raftsql; atomic
   requests use the `transaction` flag;
 - ATTACH/DETACH: one database per cluster, no local files;
-- PRAGMAs that set per-connection state a restarted node would lose (foreign_keys,
-  recursive_triggers, ...), PRAGMA optimize (it depends on the connection's query history),
-  and rqlite's five disallowed PRAGMAs;
-- PRAGMA application_id, read or set: it holds the applied index.
+- PRAGMAs that set per-connection state a restarted node would lose, PRAGMA optimize, rqlite's
+  five disallowed PRAGMAs, and PRAGMA application_id (it holds the applied index);
+- writes to raftsql_kv (the config store's) and objects named raftsql_*.
 VACUUM runs between transactions when it is the first statement of a command without the
 `transaction` flag; anywhere else (and VACUUM INTO always) SQLite itself refuses it: "cannot
 VACUUM from within a transaction".
@@ -62,12 +56,19 @@ import apsw
 
 from raftsql.errors import StorageError
 from raftsql.sql import keys
-from raftsql.sql.command import Command, Op, ReadOptions, StatementResult, decode_checked
+from raftsql.sql.command import (
+    Command,
+    Op,
+    ReadOptions,
+    StatementResult,
+    decode_checked,
+    writes_bookkeeping,
+)
 from raftsql.sql.determinism import ClockVFS, EntryRandom
 from raftsql.sql.extension import Extension
 from raftsql.sql.files import remove_db_files, restore_copy
 from raftsql.sql.header import resolve_index, stored_index
-from raftsql.sql.keys import KeyStore, keyed
+from raftsql.sql.keys import KeyStore
 from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
 from raftsql.sql.readers import Readers
 from raftsql.sql.session import (
@@ -126,12 +127,6 @@ class _Batch:
         self.position = 0
         self.segment_start = 0
         self.segment_applied = 0
-
-
-def _writes_book(data: bytes) -> bool:
-    """Whether a stored entry writes the bookkeeping file: a keyed command, or the config
-    store's (whose sessions and history live there)."""
-    return keyed(data) or b'"op":"kv"' in data
 
 
 class Database:
@@ -218,7 +213,7 @@ class Database:
         except ValueError as e:
             raise StorageError(f"{self.path} does not belong with this Raft log: {e}") from None
         if stored_after is not None and self._book.lost(self._applied, stored_after,
-                                                        _writes_book):
+                                                        writes_bookkeeping):
             log.warning("%s: the bookkeeping (idempotency keys, config store sessions) of "
                         "entries up to %d is lost (a power cut?): the database starts over "
                         "from the snapshot and the log", self.path, self._applied)
@@ -424,7 +419,8 @@ class Database:
     def _apply_extension(self, index: int, cmd: Command) -> Any:
         if self._extension is None:
             return [StatementResult(error="this node has no config store")]
-        if self._limits.deadline is not None and self._limits.over():
+        if self._limits.deadline is not None and (self._limits.over()
+                                                  or not self._extension.inline(cmd)):
             raise _OverBudget
         self.applied_time_ms = cmd.time_ms
         self._book.begin()

@@ -26,6 +26,10 @@ class Extension(Protocol):
         """Apply one entry; its result goes to the proposer. Raise only for local failures
         (the disk): a bad entry is a result, the same on every node."""
 
+    def inline(self, cmd: Command) -> bool:
+        """Whether applying `cmd` is quick enough for an event loop's time budget (it cannot be
+        interrupted: the database sends what is not to the apply thread)."""
+
     def committed(self, applied: int) -> None:
         """Everything up to `applied` is committed: readers see it now (also said at open)."""
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from raftsql.sql.command import Command, Replayed, StatementResult
+from raftsql.sql.command import Replayed, StatementResult
 from raftsql.sql.sidecar import Sidecar, Table
 
 MAX_KEY_LENGTH = 128
@@ -95,16 +95,6 @@ class KeyStore:
         """Keys remembered (not forgotten)."""
         sql = "SELECT count(*) FROM keys WHERE forgotten IS NULL"
         return int(self._conn.execute(sql).fetchall()[0][0])
-
-
-def keyed(data: bytes) -> bool:
-    """Whether a stored entry is a command with an idempotency key (it writes the keys)."""
-    if b'"ik"' not in data:
-        return False
-    try:
-        return Command.decode(data).key is not None
-    except Exception:
-        return False
 
 
 # ---- results, as stored -----------------------------------------------------------------
