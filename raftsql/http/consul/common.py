@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from raftsql.http import forward
-from raftsql.http.params import parse_duration
+from raftsql.http.params import DEFAULT_LEVEL, parse_duration
 from raftsql.http.respond import IDEMPOTENCY_KEY, JSON_TYPE, Route
 from raftsql.http.state import ApiState, state_of
 from raftsql.kv.model import KvError
@@ -58,9 +58,10 @@ class Query:
     def level(self) -> Level:
         if self.flag("stale") and self.flag("consistent"):
             raise KvError("Cannot specify ?stale with ?consistent, conflicting semantics.")
-        if self.flag("consistent"):
-            return Level.LINEARIZABLE
-        return Level.NONE if self.flag("stale") else Level.WEAK
+        if self.flag("stale"):
+            return Level.NONE
+        # ?consistent, and Consul's default mode too: the cluster's default, linearizable.
+        return Level.LINEARIZABLE if self.flag("consistent") else Level(DEFAULT_LEVEL)
 
 
 def folded(body: dict[str, Any]) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def parse_session(raw: bytes, node_id: str) -> Session:
     ttl_text = body.get("ttl") or ""
     ttl_ms = _ms(ttl_text, "TTL") if ttl_text else 0
     if ttl_ms and not model.MIN_TTL_MS <= ttl_ms <= model.MAX_TTL_MS:
-        raise KvError(f"Invalid Session TTL '{ttl_text}', must be between [10s=24h0m0s]")
+        raise KvError(f"Invalid Session TTL '{ttl_text}', must be between 10s and 24h0m0s")
     behavior = body.get("behavior") or "release"
     if behavior not in model.BEHAVIORS:
         raise KvError(f"Invalid Behavior setting '{behavior}'")
