@@ -252,9 +252,21 @@ def test_changes_tell_the_previous_state(tmp_path):
     ({"v": "lock", "k": "k"}, "missing session"),
     ({"v": "lock", "k": "k", "s": "nobody"}, "invalid session"),
     ({"v": "set", "k": "k", "d": "not base64!"}, "base64"),
+    ({"v": "session-create", "s": "x", "ttl": "soon"}, "invalid entry"),
+    ({"v": "set", "k": "k", "f": -1}, "flags"),
 ])
 def test_a_bad_entry_is_an_error_the_same_everywhere(tmp_path, op, error):
     db, _, _ = open_db(tmp_path / "db.sqlite")
     with db:
         [out] = db.apply([kv(1, op)])
         assert error in out["error"]
+
+
+def test_a_first_entry_that_fails_leaves_the_store_usable(tmp_path):
+    """The table is made by the first entry: undone with it when it fails, made again next."""
+    db, _, _ = open_db(tmp_path / "db.sqlite")
+    with db:
+        [failed, ok] = db.apply([kv(1, setk("a"), model.op("get", "b"), tx=True),
+                                 kv(2, setk("c"))])
+        assert "errors" in failed and ok is True
+        assert [r[0] for r in kv_rows(db)] == ["c"]

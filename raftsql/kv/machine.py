@@ -70,6 +70,9 @@ TABLES = (SESSIONS, LOCK_DELAYS, CHANGES)
 Notify = Callable[[int, Sequence[str] | None], None]  # (index, keys changed; None: all)
 
 
+_BAD_ENTRY = (KvError, ValueError, TypeError, KeyError, AttributeError)  # not apsw.Error: local
+
+
 class _Failed(Exception):
     """An operation's condition does not hold: a transaction rolls back, a PUT answers false."""
 
@@ -91,11 +94,22 @@ class KvMachine:
 
     def apply(self, db: apsw.Cursor, book: apsw.Connection, index: int, cmd: Command) -> Any:
         run = _Entry(db, book, index, cmd.time_ms, self)
+        for conn in (db, book):
+            conn.execute("SAVEPOINT raftsql_kv")
         try:
             outcome = run.transaction(cmd.statements) if cmd.transaction else run.single(
                 cmd.statements)
-        except KvError as e:
-            outcome = {"error": str(e)}
+            undo = isinstance(outcome, dict) and "errors" in outcome
+        except _BAD_ENTRY as e:  # the same on every node: an answer, not a failure
+            outcome, undo = {"error": str(e) if isinstance(e, KvError) else
+                             f"invalid entry: {type(e).__name__}: {e}"}, True
+        if undo:  # all or nothing
+            for conn in (db, book):
+                conn.execute("ROLLBACK TO raftsql_kv")
+            run.changed = []
+            self._table_made = False  # if this entry made it, it is gone again
+        for conn in (db, book):
+            conn.execute("RELEASE raftsql_kv")
         if run.changed:
             self._pending.append((index, run.changed))
             trim_history(book, CHANGES, self.history)
@@ -158,9 +172,7 @@ class _Entry:
         return True
 
     def transaction(self, ops: list[Any]) -> Any:
-        """Consul's /v1/txn: all or nothing; the results, or the errors."""
-        self.db.execute("SAVEPOINT raftsql_kv_txn")
-        self.book.execute("SAVEPOINT raftsql_kv_txn")
+        """Consul's /v1/txn: the results, or the first error (then apply undoes the entry)."""
         results: list[dict[str, Any]] = []
         for i, o in enumerate(ops):
             try:
@@ -169,14 +181,7 @@ class _Entry:
                 results.extend(e.consul(with_value=o["v"] in ("get", "get-tree"))
                                for e in self._kv(o))
             except (_Failed, KvError) as e:
-                self.db.execute("ROLLBACK TO raftsql_kv_txn")
-                self.book.execute("ROLLBACK TO raftsql_kv_txn")
-                self.db.execute("RELEASE raftsql_kv_txn")
-                self.book.execute("RELEASE raftsql_kv_txn")
-                self.changed = []
                 return {"errors": [{"OpIndex": i, "What": str(e)}]}
-        self.db.execute("RELEASE raftsql_kv_txn")
-        self.book.execute("RELEASE raftsql_kv_txn")
         return {"results": [{"KV": r} for r in results]}
 
     # ---- KV verbs
