@@ -48,7 +48,7 @@ class SessionTimers:
 
     def renew(self, sid: str, ttl_ms: int) -> None:
         """A session was created or renewed on this leader: its clock starts again."""
-        if ttl_ms and self._term is not None:
+        if ttl_ms:  # also while the clocks start: a session created meanwhile counts too
             self._deadlines[sid] = (self._clock() + ttl_ms / 1000, ttl_ms)
 
     def forget(self, sid: str) -> None:
@@ -75,7 +75,9 @@ class SessionTimers:
             if self._leading() != term:
                 return
             now = self._clock()
-            self._deadlines = {sid: (now + ttl / 1000, ttl) for sid, ttl in sessions if ttl}
+            for sid, ttl in sessions:  # a full TTL each, or more if renewed meanwhile
+                if ttl and self._deadlines.get(sid, (0.0, 0))[0] < now + ttl / 1000:
+                    self._deadlines[sid] = (now + ttl / 1000, ttl)
             self._term = term
             return
         now = self._clock()
