@@ -9,6 +9,9 @@ Workloads (each bounded in time):
   W4 linearizable point reads from 64 clients
   W5 W1 with an idempotency key on every write (what raftsql's own client sends)
   W6 W2 with an idempotency key on every write
+  K1 config store PUT /v1/kv from 1 client (compared with W1)
+  K2 config store PUT /v1/kv from 64 clients (compared with W2)
+  K3 config store GET /v1/kv from 64 clients, the default (linearizable) level (with W4)
 Baselines, measured in the same run on the same machine:
   apsw:  local apsw INSERTs, each its own transaction, synchronous=FULL (one fsync per commit)
   http:  the same client against a trivial aiohttp endpoint (the client and HTTP overhead alone)
@@ -151,6 +154,21 @@ async def bench_cluster(url: str, seconds: float, only: set[str], profile: Profi
             await post(s, url + "/db/query?level=linearizable", [["SELECT v FROM b WHERE id = ?", seq % 100 + 1]])
             return 1
 
+        async def kv_put(seq: int) -> int:
+            async with s.put(f"{url}/v1/kv/bench/{seq % 1000}", data=f"value {seq}") as resp:
+                if resp.status != 200 or await resp.read() != b"true":
+                    raise RuntimeError(f"PUT /v1/kv failed: {resp.status}")
+            return 1
+
+        async def kv_get(seq: int) -> int:
+            async with s.get(f"{url}/v1/kv/bench/{seq % 100}") as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"GET /v1/kv failed: {resp.status}")
+                await resp.read()
+            return 1
+
+        for i in range(100):  # K3 reads keys 0..99
+            await kv_put(i)
         # W4 reads rows 1..100: make sure they exist even when W1-W3 are not run.
         await post(s, url + "/db/execute?transaction",
                    [["INSERT OR IGNORE INTO b(id, v) VALUES(?, ?)", i, "seed"] for i in range(1, 101)])
@@ -161,6 +179,9 @@ async def bench_cluster(url: str, seconds: float, only: set[str], profile: Profi
             ("W4", "W4 linearizable read, 64 clients", 64, read, "ops"),
             ("W5", "W5 keyed insert, 1 client", 1, keyed_insert, "ops"),
             ("W6", "W6 keyed insert, 64 clients", 64, keyed_insert, "ops"),
+            ("K1", "K1 kv put, 1 client", 1, kv_put, "ops"),
+            ("K2", "K2 kv put, 64 clients", 64, kv_put, "ops"),
+            ("K3", "K3 kv get, 64 clients", 64, kv_get, "ops"),
         ]
         results = {}
         for key, name, clients, op, unit in plan:
@@ -256,7 +277,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each workload")
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6", help="workloads to run, e.g. W1,W2")
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6,K1,K2,K3",
+                        help="workloads to run, e.g. W1,W2")
     parser.add_argument("--no-baselines", action="store_true", help="skip the apsw and http baselines")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the leader and a follower into DIR")
     parser.add_argument("--keep", metavar="DIR", help="keep the nodes' data and logs in DIR")
@@ -298,6 +320,10 @@ def main() -> int:
     print(f"  W4 / trivial http, 64 clients   {ratio(w4, http_base['64'])}")
     print(f"  W5 / W1 (idempotency keys)      {ratio(w5, w1)}")
     print(f"  W6 / W2 (idempotency keys)      {ratio(w6, w2)}")
+    k1, k2, k3 = results.get("K1"), results.get("K2"), results.get("K3")
+    print(f"  K1 / W1 (kv put, 1 client)      {ratio(k1, w1)}")
+    print(f"  K2 / W2 (kv put, 64 clients)    {ratio(k2, w2)}")
+    print(f"  K3 / W4 (kv get, 64 clients)    {ratio(k3, w4)}")
     return 0
 
 
