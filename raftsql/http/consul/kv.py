@@ -29,7 +29,7 @@ from raftsql.http.respond import read_body, text_error
 from raftsql.http.state import ApiState
 from raftsql.kv import model
 from raftsql.kv.model import Entry, KvError
-from raftsql.kv.service import Compacted, KvService
+from raftsql.kv.service import DEFAULT_WAIT, MAX_WAIT, Compacted, KvService
 
 CHANGES_LIMIT = 1000  # changes in one answer of /v1/changes, unless ?limit says
 
@@ -38,9 +38,12 @@ def _path_key(request: web.Request) -> str:
     return request.match_info.get("key", "")
 
 
-def _read_timeout(wait: float | None) -> float:
-    """How long a read may take, a blocking one included, before the client is told."""
-    return TIMEOUT + (min(wait or 300.0, 600.0) * 17 / 16 if wait is not None else 0.0)
+def _read_timeout(after: int | None, wait: float | None) -> float:
+    """How long a read may take, a blocking one (`?index`) included, before the client is
+    told: a forwarded blocking query must outlast its wait and jitter on the leader."""
+    if not after:
+        return TIMEOUT
+    return TIMEOUT + min(DEFAULT_WAIT if wait is None else wait, MAX_WAIT) * 17 / 16
 
 
 # ---- GET /v1/kv/<key> -----------------------------------------------------------------
@@ -68,7 +71,7 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
                 "Content-Type": "application/octet-stream", **consul_headers(state, index)})
         return json_answer(state, [_json(e) for e in entries], index)
 
-    return await on_leader(state, request, b"", serve, READ, timeout=_read_timeout(wait))
+    return await on_leader(state, request, b"", serve, READ, timeout=_read_timeout(after, wait))
 
 
 def _json(e: Entry) -> dict[str, Any]:
@@ -231,7 +234,7 @@ async def handle_changes(request: web.Request) -> web.Response:
             return response
         return json_answer(state, changes, index)
 
-    return await on_leader(state, request, b"", serve, READ, timeout=_read_timeout(wait))
+    return await on_leader(state, request, b"", serve, READ, timeout=_read_timeout(after, wait))
 
 
 def add_routes(r: web.UrlDispatcher) -> None:
