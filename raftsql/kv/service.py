@@ -78,6 +78,15 @@ class KvService:
         await self.timers.stop()
         self.book.close()
 
+    def status(self) -> dict[str, Any]:
+        """This node's view, for /status: what operators watch."""
+        return {"visible_index": self._machine.visible, "sessions": len(self.book.sessions()),
+                "history_floor": self.book.floor(), "history_limit": self._machine.history,
+                "blocking_queries": len(self.watchers),
+                "session_timers": self.timers.count() if self._node.is_leader else 0,
+                "max_value_bytes": self.limits.max_value_bytes,
+                "max_txn_ops": self.limits.max_txn_ops}
+
     # ---- reads
 
     async def get(self, key: str, *, prefix: bool, level: Level, timeout: float = 10.0

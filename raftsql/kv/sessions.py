@@ -51,6 +51,9 @@ class SessionTimers:
         if ttl_ms:  # also while the clocks start: a session created meanwhile counts too
             self._deadlines[sid] = (self._clock() + ttl_ms / 1000, ttl_ms)
 
+    def count(self) -> int:
+        return len(self._deadlines)
+
     def forget(self, sid: str) -> None:
         self._deadlines.pop(sid, None)
 

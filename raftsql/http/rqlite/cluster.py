@@ -85,6 +85,7 @@ def build_status(state: ApiState) -> dict[str, Any]:
             "platform": sys.platform, "num_cpu": os.cpu_count() or 1,
         },
         "store": node.status(),
+        **({"config_store": state.kv.status()} if state.kv is not None else {}),
     }
 
 
