@@ -177,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
                            description="An SQL shell against a raftsql (or rqlite) cluster, "
                            "with sqlite3's dot-commands and rqlite's; .help lists them.")
     shell_arguments(shell)
+
+    backup = sub.add_parser("backup", formatter_class=defaults,
+                            help="save the cluster's database to a file",
+                            description="Save the cluster's database to FILE (GET /db/backup, "
+                            "served by the leader): a SQLite file, or with --sql a dump.")
+    backup.add_argument("url", metavar="URL", help="any node (or several, comma-separated)")
+    backup.add_argument("file", metavar="FILE")
+    backup.add_argument("--sql", action="store_true",
+                        help="an SQL dump instead of a SQLite file (the config store's "
+                        "table is only in the SQLite file)")
+    backup.add_argument("--compress", action="store_true", help="gzip it")
     return parser
 
 
@@ -193,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if args.command == "backup":
+        from raftsql.cli.transfer import main_backup
+
+        return main_backup(args.url, args.file, args.sql, args.compress)
     if args.command == "serve":
         return _serve(args, stop)
     return _run_cluster(args, stop)

@@ -18,6 +18,7 @@ from raftsql.http.consul import kv as consul_kv
 from raftsql.http.consul import session as consul_session
 from raftsql.http.queue import WriteQueue
 from raftsql.http.respond import VERSION, error_response, text_error
+from raftsql.http.rqlite import backup as routes_backup
 from raftsql.http.rqlite import cluster as routes_cluster
 from raftsql.http.rqlite import db as routes_db
 from raftsql.http.state import STATE, ApiState, ClusterNode
@@ -56,6 +57,7 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_get("/db/query", routes_db.handle_query)
     r.add_post("/db/query", routes_db.handle_query)
     r.add_post("/db/request", routes_db.handle_request)
+    r.add_get("/db/backup", routes_backup.handle_backup)
     r.add_get("/status", routes_cluster.handle_status)
     r.add_get("/nodes", routes_cluster.handle_nodes)
     r.add_get("/readyz", routes_cluster.handle_readyz)

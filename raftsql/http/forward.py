@@ -62,13 +62,15 @@ class _MaybeDelivered(Exception):
 
 
 async def on_leader(
-    state: ApiState, request: web.Request, body: bytes, serve: Callable[[], Awaitable[web.Response]],
-    route: Route, *, redirect: bool, timeout: float, pretty: bool = False,
-) -> web.Response:
+    state: ApiState, request: web.Request, body: bytes,
+    serve: Callable[[], Awaitable[web.StreamResponse]], route: Route, *, redirect: bool,
+    timeout: float, pretty: bool = False, stream: bool = False,
+) -> web.StreamResponse:
     """`serve()` here if this node leads (it raises NotLeaderError, having done nothing, if
     not); else forward the request to the leader, or redirect the client to it. `route`
     words the failures (for those `serve()` raises too), and says whether the request may
-    be sent again (only if it does not write)."""
+    be sent again (only if it does not write). With `stream`, the leader's answer is passed
+    on as it arrives (a backup), `timeout` then bounding each read rather than the whole."""
     request[ROUTE] = route
     # A write with an idempotency key is applied at most once, however often it is sent.
     json_errors = route.json
@@ -93,7 +95,7 @@ async def on_leader(
                 return _redirect(url, request, json_errors)
             try:
                 return await _proxy(state, request, url, err.leader_id, body,
-                                    timeout=max(deadline - loop.time(), 0.001))
+                                    timeout=max(deadline - loop.time(), 0.001), stream=stream)
             except _NotDelivered as e:
                 why = f"forwarding to leader {err.leader_id or url}: {e}"
             except _MaybeDelivered as e:
@@ -138,22 +140,49 @@ def _redirect(url: str, request: web.Request, json_errors: bool) -> web.Response
 
 
 async def _proxy(state: ApiState, request: web.Request, leader_url: str, leader_id: str | None,
-                 body: bytes, *, timeout: float) -> web.Response:
-    served_by = _served_by(state, leader_id, leader_url)
+                 body: bytes, *, timeout: float, stream: bool = False) -> web.StreamResponse:
     url = URL(leader_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
     headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
     headers[FORWARDED_HEADER] = str(state.node.node_id)
-    limits = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, _CONNECT_TIMEOUT))
+    connect = min(timeout, _CONNECT_TIMEOUT)
+    limits = (aiohttp.ClientTimeout(sock_connect=connect, sock_read=timeout) if stream
+              else aiohttp.ClientTimeout(total=timeout, sock_connect=connect))
     try:
         async with state.client.request(request.method, url, data=body or None, headers=headers,
                                         allow_redirects=False, timeout=limits) as resp:
-            data = await resp.read()
+            if resp.headers.get(NOT_LEADER_HEADER):
+                raise _NotDelivered("it is no longer the leader")
+            out = _passed_back(resp, _served_by(state, leader_id, leader_url))
+            if not stream:
+                return web.Response(status=resp.status, body=await resp.read(), headers=out)
+            return await _pass_on(request, resp, out)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
         raise _NotDelivered(_describe(e)) from None  # no connection: nothing was sent
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
         raise _MaybeDelivered(_describe(e)) from None
-    if resp.headers.get(NOT_LEADER_HEADER):
-        raise _NotDelivered("it is no longer the leader")
+
+
+async def _pass_on(request: web.Request, resp: aiohttp.ClientResponse, headers: dict[str, str]
+                   ) -> web.StreamResponse:
+    """Stream the leader's answer to the client. Once it has begun, a failure can only cut
+    the answer short (its Content-Length, or its missing last chunk, tells the client)."""
+    response = web.StreamResponse(status=resp.status, headers=headers)
+    if resp.content_length is not None:
+        response.content_length = resp.content_length
+    await response.prepare(request)
+    try:
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            await response.write(chunk)
+        await response.write_eof()
+    except (TimeoutError, aiohttp.ClientError, OSError) as e:
+        log.warning("%s %s: the leader's answer broke off: %s", request.method, request.path,
+                    _describe(e))
+        if request.transport is not None:
+            request.transport.close()
+    return response
+
+
+def _passed_back(resp: aiohttp.ClientResponse, served_by: str) -> dict[str, str]:
     out = {SERVED_BY: served_by}
     for name in ("Content-Type", "Location", "X-Content-Type-Options", "Retry-After", REPLAYED):
         if name in resp.headers:
@@ -161,7 +190,7 @@ async def _proxy(state: ApiState, request: web.Request, leader_url: str, leader_
     for name, value in resp.headers.items():
         if name.startswith(_PASSED_BACK_PREFIXES):  # Consul's index and leader headers
             out[name] = value
-    return web.Response(status=resp.status, body=data, headers=out)
+    return out
 
 
 def _served_by(state: ApiState, leader_id: str | None, leader_url: str) -> str:

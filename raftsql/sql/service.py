@@ -8,12 +8,14 @@ the database's read connections (rqlite-api.md §2.1).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from raftsql.errors import StaleReadError
+from raftsql.sql import backup
 from raftsql.sql.classify import Classifier
 from raftsql.sql.command import Command, Op, ReadOptions, StatementResult
 from raftsql.sql.database import Database
@@ -54,6 +56,7 @@ class SqlService:
         self._key_window_ms = int(key_window * 1000)
         self._key_capacity = key_capacity
         self._classifier = Classifier(database.path)
+        backup.remove_stale(database.path)
 
     def close(self) -> None:
         self._classifier.close()
@@ -116,6 +119,20 @@ class SqlService:
             return False
         written = self.database.applied_time_ms
         return written is None or time.time() - written / 1000 > freshness
+
+    async def backup(self, path: str, *, dump: bool, tables: list[str] | None = None,
+                     vacuum: bool = False, local: bool = False, timeout: float = 10.0) -> None:
+        """Stage a backup at `path`: a SQLite file, or with `dump` an SQL script (of `tables`
+        only, if given; KeyError names one that does not exist). On the leader after a
+        linearizable barrier (NotLeaderError elsewhere), so it holds every write acknowledged
+        before the call; with `local`, this node's copy as it is."""
+        if not local:
+            await self._node.read_barrier(True, timeout)
+        db = self.database.path
+        if dump:
+            await asyncio.to_thread(backup.dump_to, db, path, tables)
+        else:
+            await asyncio.to_thread(backup.copy, db, path, vacuum=vacuum)
 
     # ---- reads or writes ----------------------------------------------------------
 
