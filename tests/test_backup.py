@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import sqlite3
 import sys
 
 import apsw
@@ -210,3 +211,83 @@ async def test_the_backup_command_says_what_failed(pair, tmp_path) -> None:
     code, err = await raftsql("backup", pair.lurl, str(tmp_path / "no/dir/x"))
     assert code == 1 and "No such file or directory" in err
     assert not os.path.exists(out)
+
+
+# ---- POST /db/load and `raftsql restore` ----------------------------------------------
+
+
+def sqlite3_dump(tmp_path) -> str:
+    """What sqlite3's .dump writes of a database made outside raftsql."""
+    path = str(tmp_path / "outside.db")
+    db = sqlite3.connect(path)
+    db.executescript(";".join(SCHEMA[:2] + ["INSERT INTO t(name, score) VALUES('a;b', 2.5)",
+                                            "INSERT INTO t(name, data) VALUES(NULL, x'01')"]))
+    db.commit()
+    script = "PRAGMA foreign_keys=OFF;\n" + "\n".join(db.iterdump()) + "\n"
+    db.close()
+    return script
+
+
+async def test_a_dump_loads_through_a_follower_as_one_transaction(pair, tmp_path) -> None:
+    script = sqlite3_dump(tmp_path)
+    assert script.startswith("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;")
+    resp = await pair.fc.post("/db/load", data=script.encode())
+    assert resp.status == 200 and "error" not in await resp.text()
+    assert contents(pair.leader.database.path) == contents(str(tmp_path / "outside.db"))
+
+
+async def test_a_dump_that_fails_changes_nothing(pair, tmp_path) -> None:
+    await fill(pair.lc)
+    before = contents(pair.leader.database.path)
+    script = sqlite3_dump(tmp_path)  # its tables exist: the first CREATE fails
+    resp = await pair.lc.post("/db/load", data=script.encode())
+    assert resp.status == 200
+    assert (await resp.json())["results"] == [{"error": 'table "odd name" already exists'}]
+    assert contents(pair.leader.database.path) == before
+
+
+async def test_a_backup_dump_round_trips_through_load(pair, tmp_path, aiohttp_server,
+                                                      aiohttp_client) -> None:
+    await fill(pair.lc)
+    script = await (await pair.lc.get("/db/backup?fmt=sql")).read()
+    fresh = FakeNode(tmp_path / "f", node_id="n9")
+    client = await aiohttp_client(await aiohttp_server(fake_app(fresh)))
+    resp = await client.post("/db/load", data=script)
+    assert resp.status == 200 and "error" not in await resp.text()
+    assert contents(fresh.database.path) == contents(pair.leader.database.path)
+    fresh.close()
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"SQLite format 3\x00" + bytes(100), 501, "loading a SQLite file is not supported yet"),
+    (b"\xff\xfe", 400, "the body is neither a SQLite file nor SQL text (UTF-8)"),
+    (b"  \n", 400, "empty SQL dump"),
+    (b"BEGIN TRANSACTION;\nCOMMIT;\n", 400, "empty SQL dump"),
+])
+async def test_loads_that_are_refused_say_why(pair, body: bytes, status: int,
+                                              message: str) -> None:
+    resp = await pair.fc.post("/db/load", data=body)
+    assert resp.status == status and message in await resp.text()
+    assert contents(pair.leader.database.path) == ([], {})
+
+
+async def test_a_resent_load_with_its_key_applies_once(pair, tmp_path) -> None:
+    headers = {"X-Raftsql-Idempotency-Key": "load-1"}
+    script = sqlite3_dump(tmp_path).encode()
+    first = await pair.lc.post("/db/load", data=script, headers=headers)
+    again = await pair.fc.post("/db/load", data=script, headers=headers)
+    assert first.status == again.status == 200
+    assert await first.read() == await again.read()  # the first outcome, not "already exists"
+    assert again.headers["X-Raftsql-Idempotent-Replay"] == "true"
+
+
+async def test_the_restore_command_loads_a_dump_or_says_why_not(pair, tmp_path) -> None:
+    dump = tmp_path / "in.sql"
+    dump.write_text(sqlite3_dump(tmp_path))
+    assert await raftsql("restore", f"127.0.0.1:1,{pair.furl}", str(dump)) == (0, "")
+    assert contents(pair.leader.database.path) == contents(str(tmp_path / "outside.db"))
+    code, err = await raftsql("restore", pair.lurl, str(dump))
+    assert (code, err) == (1, "raftsql restore: the dump was not loaded (nothing of it was "
+                              "applied): table \"odd name\" already exists\n")
+    code, err = await raftsql("restore", pair.lurl, str(tmp_path / "missing.sql"))
+    assert code == 1 and "missing.sql: No such file or directory" in err

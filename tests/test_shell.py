@@ -272,11 +272,17 @@ def test_backup_saves_the_clusters_database(url: str, tmp_path: Path) -> None:
         (42,)]
 
 
-def test_restore_says_when_the_node_does_not_serve_it(url: str, tmp_path: Path) -> None:
+def test_restore_loads_a_dump_and_says_why_a_file_is_refused(url: str, tmp_path: Path
+                                                              ) -> None:
     dump_file = tmp_path / "d.sql"
-    dump_file.write_text("CREATE TABLE restored(x);\n")
-    code, _, err = run(url, f".restore {dump_file}\n")
-    assert code == 1 and "not served by this node" in err and ".read FILE" in err
+    dump_file.write_text("BEGIN TRANSACTION;\nCREATE TABLE restored(x);\n"
+                         "INSERT INTO restored VALUES(7);\nCOMMIT;\n")
+    ok(url, f".restore {dump_file}\n")
+    assert rows(url, "SELECT x FROM restored") == [[7]]
+    db_file = tmp_path / "f.db"
+    sqlite3.connect(db_file).execute("CREATE TABLE f(x)").connection.commit()
+    code, _, err = run(url, f".restore {db_file}\n")
+    assert code == 1 and "loading a SQLite file is not supported yet" in err
 
 
 # ---- rqlite's commands, and the base class's that do not apply

@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an SQL dump instead of a SQLite file (the config store's "
                         "table is only in the SQLite file)")
     backup.add_argument("--compress", action="store_true", help="gzip it")
+
+    restore = sub.add_parser("restore", formatter_class=defaults,
+                             help="load an SQL dump into the cluster",
+                             description="Load FILE, an SQL dump (raftsql backup --sql, or "
+                             "sqlite3's .dump), into the cluster as one transaction "
+                             "(POST /db/load): all of it or, on an error, nothing.")
+    restore.add_argument("url", metavar="URL", help="any node (or several, comma-separated)")
+    restore.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -208,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raftsql.cli.transfer import main_backup
 
         return main_backup(args.url, args.file, args.sql, args.compress)
+    if args.command == "restore":
+        from raftsql.cli.transfer import main_restore
+
+        return main_restore(args.url, args.file)
     if args.command == "serve":
         return _serve(args, stop)
     return _run_cluster(args, stop)

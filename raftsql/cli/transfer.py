@@ -1,20 +1,27 @@
-"""`raftsql backup`: a cluster's database into a file, streamed, with a progress line on a
-terminal (bytes and rate) and nothing on stdout or stderr in scripts but errors.
+"""`raftsql backup` and `raftsql restore`: a cluster's database into a file and back,
+streamed, with a progress line on a terminal (bytes and rate) and nothing on stdout or
+stderr in scripts but errors.
 
-The file is written beside FILE under a temporary name and renamed into place once whole, so
-an interrupted backup never leaves a truncated FILE that looks complete.
+A backup is written beside FILE under a temporary name and renamed into place once whole,
+so an interrupted backup never leaves a truncated FILE that looks complete. A restore
+carries an idempotency key, so the cluster applies it at most once.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import sys
 import time
 import urllib.parse
+import uuid
+from collections.abc import Callable
 from typing import IO
 
 from raftsql.client.http import error_text, split_urls
+
+IDEMPOTENCY_KEY = "X-Raftsql-Idempotency-Key"  # raftsql/http/respond.py: applied at most once
 
 CHUNK = 1 << 20
 
@@ -29,6 +36,45 @@ def backup(urls: str | None, path: str, *, sql: bool = False, compress: bool = F
     nodes of `urls` in turn until one answers; returns the bytes written."""
     query = "&".join(q for q, on in (("fmt=sql", sql), ("compress", compress)) if on)
     target = "/db/backup" + (f"?{query}" if query else "")
+    return _first_node(urls, timeout, lambda url, conn: _save(
+        url, _ask(conn, "GET", target), path, progress))
+
+
+def restore(urls: str | None, path: str, *, timeout: float = 600.0,
+            progress: IO[str] | None = None) -> int:
+    """Load the SQL dump (or SQLite file) at `path` into the cluster (POST /db/load) through
+    the first node of `urls` that answers; returns the bytes sent."""
+    size = os.path.getsize(path)
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size),
+               IDEMPOTENCY_KEY: uuid.uuid4().hex}
+
+    def send(url: str, conn: http.client.HTTPConnection) -> int:
+        conn.putrequest("POST", "/db/load")
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        meter = _Meter(progress)
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                conn.send(chunk)
+                meter.add(len(chunk))
+        meter.finish()
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise TransferError(f"{url}: HTTP {resp.status}: {error_text(body, resp.reason)}")
+        errors = [r["error"] for r in json.loads(body).get("results", []) if "error" in r]
+        if errors:
+            raise TransferError(f"the dump was not loaded (nothing of it was applied): "
+                                f"{errors[0]}")
+        return size
+
+    return _first_node(urls, timeout, send)
+
+
+def _first_node(urls: str | None, timeout: float,
+                work: Callable[[str, http.client.HTTPConnection], int]) -> int:
+    """`work(url, connection)` on the first node of `urls` that takes a connection."""
     failures = []
     for url in split_urls(urls):
         parts = urllib.parse.urlsplit(url)
@@ -37,15 +83,24 @@ def backup(urls: str | None, path: str, *, sql: bool = False, compress: bool = F
         conn = cls(parts.netloc, timeout=timeout)
         try:
             try:
-                conn.request("GET", target)
-                resp = conn.getresponse()
-            except (OSError, http.client.HTTPException) as e:
+                conn.connect()
+            except OSError as e:
                 failures.append(f"{url}: {e}")
                 continue
-            return _save(url, resp, path, progress)
+            return work(url, conn)
+        except (OSError, http.client.HTTPException) as e:
+            if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
+                raise
+            raise TransferError(f"{url}: {e or type(e).__name__}") from None
         finally:
             conn.close()
     raise TransferError("no node answered: " + "; ".join(failures))
+
+
+def _ask(conn: http.client.HTTPConnection, method: str, target: str
+         ) -> http.client.HTTPResponse:
+    conn.request(method, target)
+    return conn.getresponse()
 
 
 def _save(url: str, resp: http.client.HTTPResponse, path: str, progress: IO[str] | None
@@ -106,12 +161,22 @@ def _size(n: float) -> str:
 
 
 def main_backup(urls: str | None, path: str, sql: bool, compress: bool) -> int:
+    return _reporting("backup", path, lambda: backup(urls, path, sql=sql, compress=compress,
+                                                     progress=sys.stderr))
+
+
+def main_restore(urls: str | None, path: str) -> int:
+    return _reporting("restore", path, lambda: restore(urls, path, progress=sys.stderr))
+
+
+def _reporting(command: str, path: str, work: Callable[[], int]) -> int:
+    """Exit status 0, or 1 with one line on stderr."""
     try:
-        backup(urls, path, sql=sql, compress=compress, progress=sys.stderr)
+        work()
     except (TransferError, ValueError) as e:
-        print(f"raftsql backup: {e}", file=sys.stderr)
+        print(f"raftsql {command}: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"raftsql backup: {path}: {e.strerror or e}", file=sys.stderr)
+        print(f"raftsql {command}: {path}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0

@@ -90,6 +90,20 @@ def dump_to(db_path: str, path: str, tables: list[str] | None = None) -> None:
         dump(db_path, out, tables)
 
 
+_DUMP_START = re.compile(r"\A\s*(?:PRAGMA\s+foreign_keys\s*=\s*OFF\s*;\s*)?"
+                         r"BEGIN(?:\s+TRANSACTION)?\s*;", re.IGNORECASE)
+_DUMP_END = re.compile(r"(?:COMMIT|END)(?:\s+TRANSACTION)?\s*;\s*\Z", re.IGNORECASE)
+
+
+def dump_statements(text: str) -> str:
+    """The statements of an SQL dump (sqlite3's `.dump`, or dump()), without the
+    transaction it wraps them in: /db/load runs them in a transaction of its own."""
+    body, started = _DUMP_START.subn("", text, count=1)
+    if started:
+        body = _DUMP_END.sub("", body.rstrip(), count=1)
+    return body
+
+
 def _script(db: apsw.Connection, tables: list[str] | None) -> Iterator[str]:
     schema = [(str(t), str(n), str(tbl), str(sql)) for t, n, tbl, sql in db.execute(_SCHEMA)
               if tbl != KV_TABLE]

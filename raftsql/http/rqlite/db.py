@@ -1,4 +1,5 @@
-"""Data routes: /db/execute, /db/query, /db/request (rqlite-api.md §1.2–§1.4, §2.1, §2.2).
+"""Data routes: /db/execute, /db/query, /db/request, /db/load (rqlite-api.md §1.2–§1.4,
+§2.1, §2.2).
 
 Handlers raise what fails; raftsql/http/respond.py words it (each route says how, in
 `request[ROUTE]`).
@@ -31,12 +32,14 @@ from raftsql.http.respond import (
 )
 from raftsql.http.rqlite.encode import Kind, response_body, result_element
 from raftsql.http.state import ApiState, state_of
+from raftsql.sql.backup import dump_statements
 from raftsql.sql.command import Op, ReadOptions, Replayed, StatementResult
 from raftsql.sql.keys import valid_key
 from raftsql.sql.params import disallowed_pragma, is_empty
 from raftsql.sql.service import Level
 
 QUEUE_WAIT_TIMEOUT = "queue wait timeout"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 BAD_KEY = f"{IDEMPOTENCY_KEY} must be 1 to 128 printable ASCII characters"
 WRITE = Route(json=True, write=True, timeout="timeout waiting for commit")
 READ = Route(json=True, timeout="timeout waiting for fsm")
@@ -191,3 +194,32 @@ async def handle_request(request: web.Request) -> web.Response:
     if not req.key_is_valid():
         return req.refused(BAD_KEY)
     return await req.on_leader(lambda: _write(req, statements, Op.REQUEST), WRITE)
+
+
+# ---- /db/load -----------------------------------------------------------------------
+
+
+async def handle_load(request: web.Request) -> web.Response:
+    """An SQL dump, run as one transaction through the log, answered as /db/execute is
+    (rqlite tells a SQLite file from a dump by its first bytes, never by Content-Type)."""
+    req = await _begin(request)
+    if req.body.startswith(SQLITE_MAGIC):
+        return text_error(501, "loading a SQLite file is not supported yet: load an SQL dump "
+                          "of it (sqlite3 FILE .dump, or GET /db/backup?fmt=sql)")
+    try:
+        script = dump_statements(req.body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return req.refused("the body is neither a SQLite file nor SQL text (UTF-8)")
+    if not script.strip():
+        return req.refused("empty SQL dump")
+    if not req.key_is_valid():
+        return req.refused(BAD_KEY)
+
+    async def serve() -> web.Response:
+        p = req.params
+        results, index = await req.state.sql.execute(
+            [script], transaction=True, timeout=p.timeout, db_timeout=p.db_timeout,
+            key=req.http.headers.get(IDEMPOTENCY_KEY))
+        return req.answer(results, kind=Kind.EXECUTE, raft_index=index)
+
+    return await req.on_leader(serve, WRITE)
