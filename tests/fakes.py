@@ -19,6 +19,7 @@ from aiohttp import web
 
 from raftsql.errors import ClusterError, NotLeaderError
 from raftsql.http import make_app
+from raftsql.node.metrics import NodeMetrics
 from raftsql.sql.command import Command, ReadOptions, StatementResult
 from raftsql.sql.database import Database
 from raftsql.sql.service import SqlService
@@ -50,6 +51,7 @@ class FakeNode:
         self.fk = False
         self.status_override: dict[str, Any] = {}  # /status raft fields a test sets
         self.snapshot_index = 0
+        self.metrics = NodeMetrics()
         # Failure injection: raised (once) by the next execute / read_barrier.
         self.fail_execute: BaseException | None = None
         self.fail_barrier: BaseException | None = None

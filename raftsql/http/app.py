@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import Any
 
 from aiohttp import web
@@ -66,6 +67,7 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_post("/leader", routes_cluster.handle_leader_post)
     r.add_delete("/remove", routes_cluster.handle_remove)
     r.add_post("/snapshot", routes_cluster.handle_snapshot)
+    r.add_get("/metrics", routes_cluster.handle_metrics)
     r.add_get("/", _root)
     consul_kv.add_routes(r)
     consul_session.add_routes(r)
@@ -83,6 +85,13 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     """The one boundary where errors become responses (the table: respond.ERRORS)."""
     if request.method == "OPTIONS":
         return web.Response(status=200)
+    start = perf_counter()
+    response = await _answer(request, handler)
+    request.app[STATE].metrics.observe(request, response.status, start)
+    return response
+
+
+async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as e:

@@ -11,9 +11,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from raftsql.http.metrics import HttpMetrics
 from raftsql.http.queue import WriteQueue
 from raftsql.kv.service import KvService
 from raftsql.node.addresses import Member
+from raftsql.node.metrics import NodeMetrics
 from raftsql.sql.service import SqlService
 
 
@@ -25,6 +27,7 @@ class ClusterNode(Protocol):
     is_leader: bool
     leader_id: str | None
     removed: bool
+    metrics: NodeMetrics
 
     def leader_api_url(self) -> str | None: ...
     def last_contact(self) -> float | None: ...
@@ -46,6 +49,7 @@ class ApiState:
     queue: WriteQueue | None = None
     session: aiohttp.ClientSession | None = None
     started: float = field(default_factory=time.time)
+    metrics: HttpMetrics = field(default_factory=HttpMetrics)
     _served_here: tuple[str, str] = ("", "")  # (api_url, what served_here() answers for it)
 
     @property

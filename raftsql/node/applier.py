@@ -14,12 +14,14 @@ import functools
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 from typing import Any, Protocol
 
 import orjson
 
 from raftsql.errors import RaftSQLError, StorageError
 from raftsql.node.addresses import AddressBook
+from raftsql.node.metrics import NodeMetrics
 from raftsql.node.waiting import Applied
 from raftsql.raft.messages import Entry, EntryType, Snapshot
 from raftsql.storage import Storage
@@ -81,8 +83,9 @@ class Applier:
                  threshold: int, applied: Applied,
                  on_applied: Callable[[list[Entry], dict[int, Any]], None],
                  save_snapshot: Callable[[int, int, bytes], Awaitable[None]],
-                 fail: Callable[[BaseException], None]) -> None:
+                 fail: Callable[[BaseException], None], metrics: NodeMetrics) -> None:
         self._sm = sm
+        self._metrics = metrics
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"apply-{name}")
         self._tmp = os.path.join(data_dir, "snapshot.tmp")
         self._book = book
@@ -244,9 +247,11 @@ class Applier:
         batch = [(e.index, e.data) for e in entries if e.type is EntryType.NORMAL and e.data]
         results: dict[int, Any] = {}
         if batch:
+            start = perf_counter()
             applied = apply(batch)
             if applied is None:
                 return None
+            self._metrics.apply.observe(perf_counter() - start)
             for (index, _), result in zip(batch, applied, strict=True):
                 results[index] = result
         if not batch or batch[-1][0] != entries[-1].index:
@@ -281,8 +286,11 @@ class Applier:
 
     async def _take_snapshot(self) -> None:
         index, term = self._applied.index, self.applied_term
+        start = perf_counter()
         data = await asyncio.get_running_loop().run_in_executor(self._pool, self._snapshot_data)
         await self._save_snapshot(index, term, data)
+        self._metrics.snapshot.observe(perf_counter() - start)
+        self._metrics.snapshot_bytes.inc(len(data))
         self.snapshot_index = index
 
     def _snapshot_done(self, waiters: list[asyncio.Future[None]], task: asyncio.Task[None]) -> None:
@@ -325,6 +333,7 @@ class Applier:
         self._sm.restore(self._tmp, snapshot.meta.index)
         os.remove(self._tmp)
         self.snapshot_index = snapshot.meta.index
+        self._metrics.snapshots_installed.inc()
         return dict(header.get("peers", {}))
 
 

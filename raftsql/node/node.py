@@ -29,6 +29,7 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Protocol
 
 from raftsql.errors import (
@@ -42,6 +43,7 @@ from raftsql.node.addresses import AddressBook, Member, addr_context
 from raftsql.node.applier import Applier, StateMachine, Work
 from raftsql.node.clock import Clock, RealClock
 from raftsql.node.membership import Membership
+from raftsql.node.metrics import NodeMetrics
 from raftsql.node.persist import PersistThread
 from raftsql.node.proposals import Proposals
 from raftsql.node.reads import Reads
@@ -150,11 +152,13 @@ class Node:
         self._membership = Membership(
             self.book, transport, self._clock, change=self._change_conf,
             conf=lambda: self.conf, leader=lambda: self.leader_id, log=self._log)
+        self.metrics = NodeMetrics()
         self._applier = Applier(
             state_machine, name=self.node_id, data_dir=config.data_dir, book=self.book,
             threshold=config.snapshot_threshold, applied=self._applied,
             on_applied=self._proposals.complete, save_snapshot=self._save_snapshot,
-            fail=self._fail)
+            fail=self._fail, metrics=self.metrics)
+        self.metrics.watch(self._raft_figures)
         self._reads = Reads(state_machine, name=self.node_id, call=self._call,
                             not_leader=self._not_leader, deadlines=self._deadlines,
                             applied=self._applied)
@@ -233,6 +237,15 @@ class Node:
             "nodes": [{"id": m.id, "api_addr": m.api_url, "addr": m.raft_addr, "voter": m.voter}
                       for m in self.members()],
         }
+
+    def _raft_figures(self) -> dict[str, Any]:
+        """status()'s Raft figures, and on the leader how far each follower is behind."""
+        figures = dict(self.status()["raft"])
+        progress = self._raft.progress() if self._raft else {}
+        last = self._raft.last_index if self._raft else 0
+        figures["lag"] = {node: last - match for node, (match, _) in progress.items()
+                          if node != self.node_id}
+        return figures
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -318,6 +331,8 @@ class Node:
 
     async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]:
         """Replicate `data`; return the state machine's result and the entry's index."""
+        if self.is_leader:
+            self.metrics.proposals.inc()
         result: tuple[Any, int] = await self._proposal(lambda raft: raft.propose(data), timeout,
                                                        None)
         return result
@@ -474,14 +489,21 @@ class Node:
         storage = self._storage
         assert storage is not None
         if self.is_leader or persist.snapshot is not None or self._persist.busy:
-            return self._persist.submit(write_persist, storage, persist)
-        write_persist(storage, persist)
+            return self._persist.submit(self._write_persist, storage, persist)
+        self._write_persist(storage, persist)
         return None
+
+    def _write_persist(self, storage: Storage, persist: Persist) -> None:
+        start = perf_counter()
+        write_persist(storage, persist)
+        self.metrics.fsync.observe(perf_counter() - start)
 
     def _on_soft_state(self, role: Role, leader_id: str | None) -> None:
         was_leader = self.is_leader
         if role != self.role or leader_id != self.leader_id:
             self._log("state", role=role.value, leader=leader_id)
+        if leader_id is not None and leader_id != self.leader_id:
+            self.metrics.leader_changes.inc()
         self.role, self.leader_id = role, leader_id
         if leader_id is not None and leader_id != self.node_id:
             self._last_contact = self._clock.now()

@@ -1,4 +1,5 @@
-"""Cluster routes: /status, /nodes, /readyz, /leader, /remove (rqlite-api.md §1.4)."""
+"""Cluster routes: /status, /nodes, /readyz, /leader, /remove, /snapshot, /metrics
+(rqlite-api.md §1.4)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from prometheus_client.exposition import generate_latest
 
 from raftsql import __version__
 from raftsql.errors import RequestError
@@ -32,6 +34,9 @@ from raftsql.http.respond import (
 from raftsql.http.rqlite.encode import dumps, indent, json_float
 from raftsql.http.state import ApiState, state_of
 
+# What generate_latest writes, named so every Prometheus server reads it (newer ones call
+# the same format 1.0.0).
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NODE_CHECK_TIMEOUT = 2.0  # /nodes: how long a peer's /readyz?noleader may take
 
 
@@ -85,6 +90,7 @@ def build_status(state: ApiState) -> dict[str, Any]:
             "platform": sys.platform, "num_cpu": os.cpu_count() or 1,
         },
         "store": node.status(),
+        "metrics": {**node.metrics.summary(), "http_requests": state.metrics.total()},
         **({"config_store": state.kv.status()} if state.kv is not None else {}),
     }
 
@@ -284,3 +290,13 @@ async def handle_snapshot(request: web.Request) -> web.Response:
                            "applied log into the snapshot")
     taken = await state.node.snapshot()
     return web.Response(status=200 if taken else 204)
+
+
+# ---- /metrics -----------------------------------------------------------------------
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """The node's figures, then the API's, in Prometheus' text format."""
+    state = state_of(request)
+    body = generate_latest(state.node.metrics.registry) + generate_latest(state.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
