@@ -16,6 +16,7 @@ from raftsql.http.app import DEFAULT_MAX_BODY_BYTES, make_app
 from raftsql.kv.machine import HISTORY, KvMachine
 from raftsql.kv.service import KvLimits, KvService
 from raftsql.node import Node, NodeConfig
+from raftsql.sql.autobackup import AutoBackup
 from raftsql.sql.database import Database
 from raftsql.sql.service import KEY_CAPACITY, KEY_WINDOW, SqlService
 from raftsql.sql.sidecar import SIDECAR_SUFFIX
@@ -34,6 +35,10 @@ class ServerConfig:
     key_capacity: int = KEY_CAPACITY  # and for how many log entries
     kv_limits: KvLimits = field(default_factory=KvLimits)  # the config store's sizes
     kv_history: int = HISTORY  # changes kept for /v1/changes
+    backup_dir: str | None = None  # automatic backups of this node's database go there...
+    backup_interval: float = 3600.0  # ...this often (seconds), when it changed
+    backup_keep: int = 24  # the newest kept (0: all)
+    backup_compress: bool = False
 
 
 class Server:
@@ -51,6 +56,10 @@ class Server:
         self.kv = KvService(self.node, self.sql, self.machine, self.database.path + SIDECAR_SUFFIX,
                             limits=config.kv_limits)
         self._runners: list[web.AppRunner] = []
+        self.backups = (AutoBackup(self.database.path, config.backup_dir,
+                                   interval=config.backup_interval, keep=config.backup_keep,
+                                   compress=config.backup_compress)
+                        if config.backup_dir else None)
 
     async def start(self) -> None:
         nc = self.config.node
@@ -61,10 +70,14 @@ class Server:
             self.transport.add_routes(app)
         await self.node.start()
         await self.kv.start()
+        if self.backups is not None:
+            self.backups.start()
         self._runners.append(await serve_app(app, nc.http_addr))
 
     async def stop(self, transfer: bool = True) -> None:
         """The node first (a leader hands over; what waits on it fails), then the API."""
+        if self.backups is not None:
+            await self.backups.stop()
         await self.kv.stop()
         await self.node.stop(transfer=transfer)
         for runner in self._runners:

@@ -82,6 +82,13 @@ def _duration(value: str) -> float:
     return seconds
 
 
+def _count(value: str) -> int:
+    """A whole number, 0 or more."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
+    return int(value)
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -158,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kv-history", type=_positive, default=100_000, metavar="CHANGES",
                        help="how many of the config store's latest changes are kept for "
                        "/v1/changes watchers (older ones are compacted)")
+    serve.add_argument("--backup-dir", default=None, metavar="DIR",
+                       help="back this node's database up into DIR every --backup-interval, "
+                       "when it changed (default: no automatic backups)")
+    serve.add_argument("--backup-interval", type=_duration, default="1h", metavar="DURATION",
+                       help="how often to look for changes to back up (e.g. 30m, 1h, 24h)")
+    serve.add_argument("--backup-keep", type=_count, default=24, metavar="N",
+                       help="the newest N automatic backups are kept (0: all)")
+    serve.add_argument("--backup-compress", action="store_true",
+                       help="gzip automatic backups (default: plain SQLite files)")
 
     cluster = sub.add_parser("cluster", formatter_class=defaults,
                              help="run N local nodes for trying things; Ctrl-C stops all",
@@ -256,7 +272,10 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
                                    key_capacity=args.idempotency_keys,
                                    kv_limits=KvLimits(args.kv_max_value_bytes,
                                                       args.kv_max_txn_ops),
-                                   kv_history=args.kv_history))
+                                   kv_history=args.kv_history, backup_dir=args.backup_dir,
+                                   backup_interval=args.backup_interval,
+                                   backup_keep=args.backup_keep,
+                                   backup_compress=args.backup_compress))
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))
