@@ -10,6 +10,7 @@ import os
 import sys
 
 import apsw
+import pytest
 
 from raftsql.cli.launcher import free_ports, http
 from raftsql.sql.autobackup import AutoBackup
@@ -65,6 +66,7 @@ def test_the_newest_are_kept_and_compressed_ones_are_gzip(tmp_path) -> None:
     assert auto.run_once(at(9)) is None  # unchanged: compared by the uncompressed digest
 
 
+@pytest.mark.slow
 async def test_serve_backs_up_on_its_interval_and_a_backup_restores(tmp_path) -> None:
     port, raft = free_ports(2)
     backups = tmp_path / "backups"
