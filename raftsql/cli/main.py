@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "(POST /db/load): all of it or, on an error, nothing.")
     restore.add_argument("url", metavar="URL", help="any node (or several, comma-separated)")
     restore.add_argument("file", metavar="FILE")
+
+    status = sub.add_parser("status", formatter_class=defaults, help="the cluster at a glance",
+                            description="Members, leader, term, indexes, each follower's lag "
+                            "and each node's latest snapshot, from every member's /status.")
+    status.add_argument("url", metavar="URL", nargs="?", default=None,
+                        help="any node, or several comma-separated (default: $RAFTSQL_URL, "
+                        "else http://127.0.0.1:4001)")
+    status.add_argument("--json", action="store_true", help="every member's view, as JSON")
     return parser
 
 
@@ -236,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raftsql.cli.transfer import main_restore
 
         return main_restore(args.url, args.file)
+    if args.command == "status":
+        from raftsql.cli.status import main_status
+
+        return main_status(args.url, args.json)
     if args.command == "serve":
         return _serve(args, stop)
     return _run_cluster(args, stop)

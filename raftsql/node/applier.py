@@ -12,6 +12,7 @@ import asyncio
 import enum
 import functools
 import os
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
@@ -99,6 +100,7 @@ class Applier:
         self._halted = False
         self.inline_off_until = 0.0  # loop time until which nothing is applied inline
         self.snapshot_index = 0
+        self.snapshot_time: float | None = None  # when the latest snapshot was taken (unix)
         self.applied_term = 0
         self._snapshot_waiters: list[asyncio.Future[None]] = []  # snapshot_now() callers
         self._snapshotting: asyncio.Task[None] | None = None
@@ -292,6 +294,7 @@ class Applier:
         self._metrics.snapshot.observe(perf_counter() - start)
         self._metrics.snapshot_bytes.inc(len(data))
         self.snapshot_index = index
+        self.snapshot_time = time.time()
 
     def _snapshot_done(self, waiters: list[asyncio.Future[None]], task: asyncio.Task[None]) -> None:
         self._snapshotting = None
@@ -333,6 +336,7 @@ class Applier:
         self._sm.restore(self._tmp, snapshot.meta.index)
         os.remove(self._tmp)
         self.snapshot_index = snapshot.meta.index
+        self.snapshot_time = time.time()
         self._metrics.snapshots_installed.inc()
         return dict(header.get("peers", {}))
 

@@ -50,8 +50,9 @@ class NodeMetrics:
             registry=r)
 
     def watch(self, raft_figures: Callable[[], dict[str, Any]]) -> None:
-        """Read the Raft figures from `raft_figures()` (Node.status()['raft'] plus `lag`:
-        follower id -> entries behind) whenever the registry is scraped."""
+        """Read the Raft figures from `raft_figures()` (Node.status()['raft'], whose `lag`,
+        on the leader, maps each follower to the entries it is behind) whenever the registry
+        is scraped."""
         self.registry.register(_RaftCollector(raft_figures))
 
     def summary(self) -> dict[str, Any]:

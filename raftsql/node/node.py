@@ -62,6 +62,7 @@ from raftsql.raft.messages import (
 )
 from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.storage import Storage, attach_snapshot, write_persist
+from raftsql.storage.log import SNAPSHOT_NAME
 
 log = logging.getLogger("raftsql.node")
 
@@ -158,7 +159,7 @@ class Node:
             threshold=config.snapshot_threshold, applied=self._applied,
             on_applied=self._proposals.complete, save_snapshot=self._save_snapshot,
             fail=self._fail, metrics=self.metrics)
-        self.metrics.watch(self._raft_figures)
+        self.metrics.watch(lambda: self.status()["raft"])
         self._reads = Reads(state_machine, name=self.node_id, call=self._call,
                             not_leader=self._not_leader, deadlines=self._deadlines,
                             applied=self._applied)
@@ -230,29 +231,30 @@ class Node:
                 "first_log_index": raft.first_index if raft else 0,
                 "last_log_index": raft.last_index if raft else 0,
                 "snapshot_index": self._applier.snapshot_index,
+                "snapshot_time": self._applier.snapshot_time,
                 "voters": len(self.conf.voters),
                 "non_voters": len(self.conf.learners),
                 "quorum": self.quorum_size,
+                **({"lag": self._lag()} if self.is_leader else {}),
             },
             "nodes": [{"id": m.id, "api_addr": m.api_url, "addr": m.raft_addr, "voter": m.voter}
                       for m in self.members()],
         }
 
-    def _raft_figures(self) -> dict[str, Any]:
-        """status()'s Raft figures, and on the leader how far each follower is behind."""
-        figures = dict(self.status()["raft"])
-        progress = self._raft.progress() if self._raft else {}
-        last = self._raft.last_index if self._raft else 0
-        figures["lag"] = {node: last - match for node, (match, _) in progress.items()
-                          if node != self.node_id}
-        return figures
+    def _lag(self) -> dict[str, int]:
+        """On the leader: how many entries each follower's log is behind its own."""
+        if self._raft is None:
+            return {}
+        last = self._raft.last_index
+        return {node: last - match for node, (match, _) in self._raft.progress().items()
+                if node != self.node_id}
 
     # ---- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
-        storage = self._storage = await self._persist.run(
-            Storage, os.path.join(self.config.data_dir, "raft"))
+        raft_dir = os.path.join(self.config.data_dir, "raft")
+        storage = self._storage = await self._persist.run(Storage, raft_dir)
         hs = storage.hard_state
         self._order = ReadyOrder(hs)
         # No durable term and no snapshot: the bootstrap (or join) never completed. A crash
@@ -261,6 +263,10 @@ class Node:
         fresh = hs.term == 0 and storage.snapshot_meta.index == 0
         self.book.load()
         await self._applier.recover(storage)
+        if storage.snapshot_meta.index:
+            with contextlib.suppress(OSError):  # when the stored snapshot was written
+                self._applier.snapshot_time = os.path.getmtime(
+                    os.path.join(raft_dir, SNAPSHOT_NAME))
         self._raft = self._make_raft(storage, bootstrap=fresh and not self.config.join)
         transport = self._transport
         transport.bind(self._deliver, attach_snapshot=lambda m: attach_snapshot(storage, m),
