@@ -845,6 +845,8 @@ BAD_PUTS = [
     ("/v1/kv/ok?flags=abc", "flags"),
     ("/v1/kv/ok?flags=-1", "flags"),
     ("/v1/kv/ok?flags=18446744073709551616", "flags"),
+    ("/v1/kv/ok?flags=9223372036854775808", "flags"),  # SQLite's INTEGER: 63 bits, not 64
+    ("/v1/kv/ok?cas=9223372036854775808", "cas"),
     ("/v1/kv/ok?cas=x", "cas"),
     ("/v1/kv/ok?cas=-1", "cas"),
     ("/v1/kv/ok?cas=1.5", "cas"),
@@ -864,6 +866,11 @@ async def test_a_bad_put_is_4xx_with_a_message_and_writes_nothing(api: Api, path
     assert api.last_index() == before and await api.sql("SELECT * FROM raftsql_kv") == rows
 
 
+async def test_flags_take_63_bits(api: Api) -> None:
+    assert await api.put("k", b"v", f"?flags={2**63 - 1}") is True
+    assert (await api.entry("k"))["Flags"] == 2**63 - 1
+
+
 async def test_a_key_of_512_bytes_is_fine(api: Api) -> None:
     key = "é" * 256  # 512 bytes of UTF-8
     assert await api.put(_quote(key), b"v") is True
@@ -881,6 +888,7 @@ async def test_a_bad_read_is_400(api: Api, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/kv/", "/v1/kv/%FF", "/v1/kv/k?cas=x",
+                                  "/v1/kv/k?cas=9223372036854775808",
                                   "/v1/kv/" + "k" * 513 + "?recurse"])
 async def test_a_bad_delete_is_400_and_deletes_nothing(api: Api, path: str) -> None:
     await api.put("k")
