@@ -17,7 +17,7 @@ import yarl
 
 from raftsql.cli.launcher import free_ports
 from raftsql.server import KvLimits, NodeConfig, Server, ServerConfig
-from tests.inprocess import wait_for
+from tests.inprocess import start_servers, wait_for
 
 MAX_VALUE = 1024
 MAX_OPS = 8
@@ -219,6 +219,28 @@ async def test_get_stale_and_consistent_together_is_400(api: Api) -> None:
     assert status == 400 and b"conflicting" in body
 
 
+async def test_a_follower_answers_stale_itself_and_forwards_the_rest(tmp_path) -> None:
+    servers = await start_servers(tmp_path, 3, heartbeat_ms=20, election_ms=200)
+    try:
+        await wait_for(lambda: any(s.node.is_leader for s in servers))
+        follower = next(s for s in servers if not s.node.is_leader)
+        async with aiohttp.ClientSession() as http:
+            api = Api(follower, http)
+            written = await api.index_of("PUT", "/v1/kv/k", b"v")  # forwarded to the leader
+            for query in ("", "?consistent"):
+                status, headers, body = await api.call("GET", "/v1/kv/k" + query)
+                assert status == 200 and json.loads(body)[0]["ModifyIndex"] == written
+                assert headers["X-Consul-KnownLeader"] == "true"
+            await wait_for(lambda: follower.node.applied_index >= written)
+            status, headers, body = await api.call("GET", "/v1/kv/k?stale")
+            assert status == 200 and json.loads(body)[0]["Value"] == b64("v")
+            assert headers["X-Consul-KnownLeader"] == "true"
+            assert int(headers["X-Consul-LastContact"]) >= 0  # ms since the leader was heard
+    finally:
+        for s in servers:
+            await s.stop(transfer=False)
+
+
 # ---- blocking queries ------------------------------------------------------------------
 
 
@@ -241,9 +263,17 @@ async def test_blocking_get_returns_the_same_at_the_end_of_the_wait(api: Api) ->
     assert int(headers["X-Consul-Index"]) == index
 
 
-async def test_blocking_get_of_a_missing_key_ignores_other_keys(api: Api) -> None:
+async def test_blocking_get_of_a_missing_key_ignores_other_keys(api: Api, monkeypatch) -> None:
     _, headers, _ = await api.call("GET", "/v1/kv/missing")
     index = int(headers["X-Consul-Index"])
+    kv, reads = api.server.kv, []
+    get = kv.get
+
+    async def counted(key: str, **kw: Any) -> Any:
+        reads.append(key)
+        return await get(key, **kw)
+
+    monkeypatch.setattr(kv, "get", counted)
     read = asyncio.create_task(api.call("GET", f"/v1/kv/missing?index={index}&wait=300ms"))
     await wait_for(lambda: len(api.server.kv.watchers) == 1)
     for i in range(3):
@@ -252,6 +282,7 @@ async def test_blocking_get_of_a_missing_key_ignores_other_keys(api: Api) -> Non
     status, headers, _ = await read
     assert status == 404 and int(headers["X-Consul-Index"]) == index
     assert api.last_index() > index  # the store moved on; this key did not
+    assert reads == ["missing", "missing"]  # read at the start and at the end: never woken
 
 
 async def test_blocking_get_of_a_missing_key_is_woken_by_that_key(api: Api) -> None:
