@@ -64,22 +64,24 @@ class Book:
         entries only, up to about `limit`; with the index through which that is complete, and
         the floor (the caller refuses `after` below it)."""
         where, args = _where(key, prefix)
+        select = (f"SELECT entry, key, op, value, flags, create_index, modify_index, "
+                  f"lock_index, session, prev_value, prev_flags, prev_create, prev_modify, "
+                  f"prev_lock, prev_session FROM kv_changes WHERE {where} AND ")
         with self.conn:  # one read transaction: the rows, the stamp and the floor agree
             floor = self.floor()
             through = self.conn.execute("SELECT value FROM state WHERE name = 'through'"
                                         ).fetchall()
-            rows = self.conn.execute(
-                f"SELECT entry, key, op, value, flags, create_index, modify_index, lock_index, "
-                f"session, prev_value, prev_flags, prev_create, prev_modify, prev_lock, "
-                f"prev_session FROM kv_changes WHERE entry > ? AND {where} ORDER BY rowid "
-                f"LIMIT ?", (after, *args, limit + 1)).fetchall()
-        complete = int(through[0][0]) if through else 0
-        if len(rows) > limit:  # cut before the first entry that might not be whole
-            last = rows[-1][0]
-            rows = [r for r in rows if r[0] != last]
-            complete = last - 1
-            if not rows:  # one entry larger than the limit: give it whole anyway
-                return self.changes(key, prefix, after, limit * 2)
+            rows = self.conn.execute(select + "entry > ? ORDER BY rowid LIMIT ?",
+                                     (*args, after, limit + 1)).fetchall()
+            complete = int(through[0][0]) if through else 0
+            if len(rows) > limit:  # cut before the first entry that might not be whole
+                last = rows[-1][0]
+                rows = [r for r in rows if r[0] != last]
+                complete = last - 1
+                if not rows:  # one entry larger than the limit: that entry whole, alone
+                    rows = self.conn.execute(select + "entry = ? ORDER BY rowid",
+                                             (*args, last)).fetchall()
+                    complete = last
         return [_change(r) for r in rows], max(complete, after), floor
 
 

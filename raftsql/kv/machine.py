@@ -94,6 +94,7 @@ class KvMachine:
 
     def apply(self, db: apsw.Cursor, book: apsw.Connection, index: int, cmd: Command) -> Any:
         run = _Entry(db, book, index, cmd.time_ms, self)
+        made = self._table_made
         for conn in (db, book):
             conn.execute("SAVEPOINT raftsql_kv")
         try:
@@ -108,6 +109,11 @@ class KvMachine:
                 conn.execute("ROLLBACK TO raftsql_kv")
             run.changed = []
             self._table_made = False  # if this entry made it, it is gone again
+        elif not run.changed and not made:
+            # No key written (a read, a failed condition, a delete of nothing, a session):
+            # the table this entry may have made goes again; it shows once a key is written.
+            db.execute("ROLLBACK TO raftsql_kv")
+            self._table_made = False
         for conn in (db, book):
             conn.execute("RELEASE raftsql_kv")
         if run.changed:

@@ -39,8 +39,10 @@ class Query:
         text = self._q.get(name)
         if text is None:
             return default
-        if not text.isdigit() or int(text) >= 1 << 64:
-            raise KvError(f"invalid {name}: {text!r} is not a non-negative integer")
+        # 63 bits: what apply takes (SQLite's INTEGER), so a larger one is refused here, not
+        # after its entry is proposed.
+        if not text.isdigit() or int(text) >= 1 << 63:
+            raise KvError(f"invalid {name}: {text!r} is not an integer from 0 to {(1 << 63) - 1}")
         return int(text)
 
     def wait(self) -> float | None:

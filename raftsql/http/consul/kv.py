@@ -8,6 +8,7 @@ ReadIndex round; writes go through the log on the leader. Blocking queries
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from aiohttp import web
@@ -35,7 +36,13 @@ CHANGES_LIMIT = 1000  # changes in one answer of /v1/changes, unless ?limit says
 
 
 def _path_key(request: web.Request) -> str:
-    return request.match_info.get("key", "")
+    """The key in the path, percent-decoded here: yarl leaves a sequence that is not UTF-8
+    as it was ("%FF"), which would store it under another client's key ("%25FF")."""
+    _, _, _, raw = request.rel_url.raw_path.split("/", 3)  # /v1/kv/<key>, /v1/changes/<key>
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise KvError("a key must be valid UTF-8") from None
 
 
 def _read_timeout(after: int | None, wait: float | None) -> float:
