@@ -338,6 +338,35 @@ def lockers(tmp_path):
         locker.close()
 
 
+class Watcher(threading.Thread):
+    """Follows a key with blocking queries, as a Consul client would: when each holder
+    (Session, or None) was first seen."""
+
+    def __init__(self, c: consul.Consul, key: str) -> None:
+        super().__init__(daemon=True)
+        self.c, self.key = c, key
+        self.seen: list[tuple[float, str | None]] = []
+        self.stop_event = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        index = None
+        try:
+            while not self.stop_event.is_set():
+                index, entry = self.c.kv.get(self.key, index=index, wait="1s")
+                session = entry.get("Session") if entry else None
+                if not self.seen or self.seen[-1][1] != session:
+                    self.seen.append((time.monotonic(), session))
+        except BaseException as e:
+            self.failure = e
+
+    def finish(self) -> list[tuple[float, str | None]]:
+        self.stop_event.set()
+        self.join(timeout=10)
+        assert self.failure is None, self.failure
+        return self.seen
+
+
 def holder(cluster: LocalCluster, key: str) -> dict[str, Any]:
     _, entry = client(cluster, cluster.ids[0]).kv.get(key)
     return entry
@@ -377,12 +406,19 @@ def test_lock_taken_over_when_the_stopped_holders_session_expires(cluster, locke
     a.acquired_at()
     b = lockers(cluster, f2, key, "B", ttl=10)
     sid_a, sid_b = a.session, b.session
+    watcher = Watcher(client(cluster, cluster.leader()), key)
+    watcher.start()
     a.proc.send_signal(signal.SIGSTOP)  # A stops renewing, and still thinks it holds the lock
     stopped = time.monotonic()
     taken = b.acquired_at(timeout=40)
     assert taken - stopped >= 5.0  # not before A's TTL (10 s, less A's last renewal) ran out
     entry = holder(cluster, key)
     assert (entry["Session"], entry["Value"], entry["LockIndex"]) == (sid_b, b"B", 2)
+    holders = eventually(lambda: watcher.seen[-1][1] == sid_b and watcher.finish())
+    # The leader released the key, then B took it, after the lock delay.
+    assert [h for _, h in holders] == [sid_a, None, sid_b], holders
+    released = holders[1][0]
+    assert taken - released >= 0.5  # lock delay 1 s, less the watcher's latency
     for node_id in cluster.ids:
         stale = client(cluster, node_id, consistency="stale")
         eventually(lambda stale=stale: stale.session.info(sid_a)[1] is None)
