@@ -501,9 +501,15 @@ class ConsulWriter(threading.Thread):
 
 
 def test_writes_through_a_follower_ride_through_a_leader_kill(cluster3):
+    """Acknowledged puts survive, indexes only grow, and a session held across the kill
+    still expires once, the same on every node."""
     cluster = cluster3  # its own cluster: this one kills a node
     old = cluster.leader()
     via = followers(cluster)[0]
+    c = client(cluster, via)
+    created = time.monotonic()  # a session held across the kill, never renewed
+    held = c.session.create(name="held", ttl=10, lock_delay=1)
+    assert c.kv.put("held/lock", "old", acquire=held) is True
     writer = ConsulWriter(client(cluster, via))
     writer.start()
     eventually(lambda: len(writer.acked) >= 20)
@@ -530,3 +536,17 @@ def test_writes_through_a_follower_ride_through_a_leader_kill(cluster3):
     cluster.start_node(old)  # the old leader, restarted with the same command line, catches up
     eventually(lambda: readable(client(cluster, old, consistency="stale")), timeout=30)
     assert cluster.leader(timeout=30) in cluster.ids
+
+    # The held session expires once, by the new leader's clock (which gave it a full TTL,
+    # never less than its own TTL since it was made), and every node, the restarted old
+    # leader too, has the key released at the same index.
+    eventually(lambda: c.session.info(held)[1] is None, timeout=40)
+    assert time.monotonic() - created >= 9.5
+    leader = cluster.leader()
+    rows = kv_rows(cluster, leader, "held/")
+    assert [r[:2] for r in rows] == [["held/lock", None]]
+    for node_id in cluster.ids:
+        eventually(lambda node_id=node_id: kv_rows(cluster, node_id, "held/") == rows)
+        stale = client(cluster, node_id, consistency="stale")
+        assert stale.session.info(held)[1] is None
+        assert stale.kv.get("held/lock")[1]["ModifyIndex"] == rows[0][2]
