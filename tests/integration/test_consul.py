@@ -241,9 +241,11 @@ def test_txn_with_a_failing_check_writes_nothing(cluster):
         return True
 
     unchanged(c)
-    for node_id in cluster.ids:
-        eventually(lambda node_id=node_id: unchanged(client(cluster, node_id,
-                                                           consistency="stale")))
+    assert c.kv.put("txn-marker", "after the failed transactions") is True
+    for node_id in cluster.ids:  # each node's copy, once it has what came after them
+        stale = client(cluster, node_id, consistency="stale")
+        eventually(lambda stale=stale: stale.kv.get("txn-marker")[1] is not None)
+        unchanged(stale)
 
     # The same transaction with a check that holds is applied, all of it, in one entry.
     ops[2]["KV"]["Index"] = a["ModifyIndex"]
