@@ -189,3 +189,27 @@ async def test_torn_bootstrap_is_written_again(tmp_path):
         assert not node.is_leader
     finally:
         await node.stop(transfer=False)
+
+
+@pytest.mark.parametrize("threshold_bytes, snapshots", [(0, False), (20_000, True)])
+async def test_a_snapshot_is_taken_once_the_applied_commands_hold_enough_bytes(
+        tmp_path, threshold_bytes: int, snapshots: bool) -> None:
+    (port,) = free_ports(1)
+    server = Server(ServerConfig(NodeConfig(
+        data_dir=str(tmp_path / "n1"), http_addr=f"127.0.0.1:{port}", heartbeat_ms=20,
+        election_ms=200, snapshot_threshold=1_000_000, snapshot_threshold_bytes=threshold_bytes)))
+    await server.start()
+    node = server.node
+    try:
+        await wait_for(lambda: node.is_leader)
+        await server.sql.execute(["CREATE TABLE t(x)"])
+        for _ in range(10):  # ten commands of ~4 KB: 40 KB in all, far below 1,000,000 entries
+            await server.sql.execute([["INSERT INTO t VALUES(?)", "x" * 4000]])
+        if snapshots:
+            await wait_for(lambda: node.status()["raft"]["snapshot_index"] > 0)
+            assert node.status()["raft"]["first_log_index"] > 1  # the log was compacted
+        else:
+            await asyncio.sleep(0.2)
+            assert node.status()["raft"]["snapshot_index"] == 0
+    finally:
+        await server.stop(transfer=False)

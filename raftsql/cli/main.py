@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: not enforced, as in SQLite)")
     serve.add_argument("--snapshot-threshold", type=_positive, default=8192, metavar="ENTRIES",
                        help="snapshot the database and compact the log after this many entries")
+    serve.add_argument("--snapshot-threshold-bytes", type=_count, default=64 * 2**20,
+                       metavar="BYTES", help="... or once the entries applied since the "
+                       "latest snapshot hold this many bytes (0: no limit by size)")
     serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
                        help="a file holding a secret every peer request must carry, the same on "
                        "every node (default: none; peer traffic is accepted from anyone)")
@@ -275,6 +278,7 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
         raft_addr=args.raft_addr, initial_cluster=args.initial_cluster or {},
         join=args.join or [], non_voter=args.non_voter, heartbeat_ms=args.heartbeat_ms,
         election_ms=args.election_ms, snapshot_threshold=args.snapshot_threshold,
+        snapshot_threshold_bytes=args.snapshot_threshold_bytes,
         cluster_secret=secret,
     )
 

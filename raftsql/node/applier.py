@@ -81,7 +81,7 @@ class Applier:
     """
 
     def __init__(self, sm: StateMachine, *, name: str, data_dir: str, book: AddressBook,
-                 threshold: int, applied: Applied,
+                 threshold: int, threshold_bytes: int, applied: Applied,
                  on_applied: Callable[[list[Entry], dict[int, Any]], None],
                  save_snapshot: Callable[[int, int, bytes], Awaitable[None]],
                  fail: Callable[[BaseException], None], metrics: NodeMetrics) -> None:
@@ -91,6 +91,8 @@ class Applier:
         self._tmp = os.path.join(data_dir, "snapshot.tmp")
         self._book = book
         self._threshold = threshold
+        self._threshold_bytes = threshold_bytes  # 0: no limit by size
+        self._bytes_since_snapshot = 0  # of the commands applied since the latest snapshot
         self._applied = applied
         self._on_applied = on_applied
         self._save_snapshot = save_snapshot
@@ -201,7 +203,9 @@ class Applier:
     def _after_apply(self, entries: list[Entry], results: dict[int, Any]) -> None:
         self._on_applied(entries, results)
         self._set_applied(entries[-1].index, entries[-1].term)
-        if self._applied.index - self.snapshot_index >= self._threshold:
+        self._bytes_since_snapshot += sum(len(e.data) for e in entries)
+        if self._applied.index - self.snapshot_index >= self._threshold or (
+                self._threshold_bytes and self._bytes_since_snapshot >= self._threshold_bytes):
             self._start_snapshot()
             return
         checkpoint_due = getattr(self._sm, "checkpoint_due", None)
@@ -282,6 +286,7 @@ class Applier:
 
     def _start_snapshot(self) -> None:
         self._busy = True  # until _snapshot_done: nothing is applied meanwhile
+        self._bytes_since_snapshot = 0
         waiters, self._snapshot_waiters = self._snapshot_waiters, []
         task = self._snapshotting = asyncio.get_running_loop().create_task(self._take_snapshot())
         task.add_done_callback(functools.partial(self._snapshot_done, waiters))
@@ -337,6 +342,7 @@ class Applier:
         os.remove(self._tmp)
         self.snapshot_index = snapshot.meta.index
         self.snapshot_time = time.time()
+        self._bytes_since_snapshot = 0
         self._metrics.snapshots_installed.inc()
         return dict(header.get("peers", {}))
 

@@ -80,7 +80,8 @@ class NodeConfig:
     non_voter: bool = False
     heartbeat_ms: int = 100
     election_ms: int = 1000
-    snapshot_threshold: int = 8192
+    snapshot_threshold: int = 8192  # entries applied since the latest snapshot...
+    snapshot_threshold_bytes: int = 64 * 2**20  # ...or bytes of their commands (0: no limit)
     cluster_secret: str | None = None
 
     @property
@@ -156,7 +157,8 @@ class Node:
         self.metrics = NodeMetrics()
         self._applier = Applier(
             state_machine, name=self.node_id, data_dir=config.data_dir, book=self.book,
-            threshold=config.snapshot_threshold, applied=self._applied,
+            threshold=config.snapshot_threshold,
+            threshold_bytes=config.snapshot_threshold_bytes, applied=self._applied,
             on_applied=self._proposals.complete, save_snapshot=self._save_snapshot,
             fail=self._fail, metrics=self.metrics)
         self.metrics.watch(lambda: self.status()["raft"])
