@@ -9,7 +9,8 @@ A session is created (TTL `ttl`, Behavior "release"), the key acquired with `?ac
 (waiting on the key with a blocking query while another session holds it, and retrying
 while its lock delay runs), and a daemon thread renews the session every ttl/2 and watches
 the key. If the session ends or the key leaves its hands (destroyed, expired, deleted), the
-`lost` event is set: the holder must stop acting as the lock's owner. Leaving the `with`
+`lost` event is set: the holder must stop acting as the lock's owner. So is it when no
+renewal has reached the leader for a whole TTL (the session may have expired meanwhile). Leaving the `with`
 releases the key and destroys the session.
 """
 
@@ -148,12 +149,20 @@ class Lock:
     def _keep(self) -> None:
         """The daemon thread: renew at ttl/2, and watch the key once it is held."""
         cluster = self._make_cluster(self.ttl)
-        next_renew = time.monotonic() + self.ttl / 2
+        renewed = time.monotonic()
+        next_renew = renewed + self.ttl / 2
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_renew:
-                    next_renew = now + (self.ttl / 2 if self._renew(cluster) else RETRY_PAUSE)
+                    if self._renew(cluster):
+                        renewed, next_renew = now, now + self.ttl / 2
+                    elif now - renewed >= self.ttl:
+                        # No renewal reached the leader for a whole TTL: the session may
+                        # have expired, and another holder may have the key by now.
+                        self._lose()
+                    else:
+                        next_renew = now + RETRY_PAUSE
                     continue
                 if self._held:
                     self._watch_key(cluster, next_renew - now)

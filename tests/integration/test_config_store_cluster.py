@@ -3,10 +3,12 @@ processes: a watcher sees every acknowledged write once, in index order."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
 
+from raftsql.cli.launcher import LocalCluster
 from raftsql.client.config import Change, ConfigStore
 from raftsql.client.http import Unavailable
 
@@ -69,3 +71,20 @@ def test_watch_sees_every_acknowledged_write_once_across_leader_kill(cluster3):
     assert values == sorted(values)  # one writer, one key after the other
     assert all(c.op == "set" and c.prev is None for c in seen)
     assert cluster3.leader(among=[i for i in cluster3.ids if i != leader]) != leader
+
+
+def test_lock_is_lost_when_no_renewal_reaches_the_cluster(tmp_path):
+    cluster = LocalCluster(1, str(tmp_path))
+    cluster.start()
+    try:
+        cluster.leader(timeout=30)
+        store = ConfigStore(cluster.url("n1"), timeout=2)
+        with store.lock("locks/partitioned", ttl=10, lock_delay=0) as lock:
+            cluster.signal("n1", signal.SIGSTOP)  # nothing answers, nothing expires
+            try:
+                assert lock.lost.wait(60)
+                assert not lock.held
+            finally:
+                cluster.signal("n1", signal.SIGCONT)
+    finally:
+        cluster.stop()
