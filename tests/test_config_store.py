@@ -11,7 +11,7 @@ import pytest
 
 import raftsql
 from raftsql.cli.launcher import LocalCluster, http
-from raftsql.client.config import Compacted, ConfigStore, LockTimeout
+from raftsql.client.config import Compacted, ConfigStore, LockTimeout, Watch
 
 from .client_node import single_node
 
@@ -301,3 +301,27 @@ def test_lost_lock_is_signalled(url, store, ns) -> None:
     # The session's lock delay is honoured by retrying until it ends.
     with store.lock(key, ttl=10, wait=20) as after:
         assert after.held and store.entry(key).session == after.session
+
+
+def test_watch_over_answers_cut_by_limit(store, ns) -> None:
+    start = store.index()
+    store[ns + "a"] = "1"
+    store.put_many({ns + "b": "1", ns + "c": "1", ns + "d": "1"})  # one entry of three
+    store[ns + "a"] = "2"
+    watch = Watch(store._make_cluster, ns, prefix=True, start_index=start, limit=2)
+    changes = [next(watch) for _ in range(5)]
+    assert [(c.key, c.value) for c in changes] == [
+        (ns + "a", b"1"), (ns + "b", b"1"), (ns + "c", b"1"), (ns + "d", b"1"),
+        (ns + "a", b"2")]
+    assert watch.index == changes[-1].index
+
+
+def test_watch_index_never_splits_an_entry(store, ns) -> None:
+    start = store.index()
+    store.put_many({ns + "x": "1", ns + "y": "1"})
+    watch = store.watch(ns, prefix=True, start_index=start)
+    first = next(watch)
+    assert watch.index == start  # half of an entry is out: resuming gives it whole again
+    again = store.watch(ns, prefix=True, start_index=watch.index)
+    assert [next(again).key, next(again).key] == [first.key, ns + "y"]
+    assert next(watch).key == ns + "y" and watch.index >= first.index
