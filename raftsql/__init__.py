@@ -3,6 +3,9 @@
 Clients: `raftsql.connect(url)` (the same function as `raftsql.dbapi.connect`, PEP 249) and
 `raftsql.aio` (asyncio); see docs/client.md.
 
+Config store: `raftsql.ConfigStore(url)`, a mapping of the cluster's keys with watches and
+locks; see docs/config-store.md.
+
 Embedding: `raftsql.Node(raftsql.NodeConfig(...), state_machine=...)` runs a node inside
 your program; `await node.start()`, `await node.propose(data)`, `await node.stop()`.
 """
@@ -10,7 +13,7 @@ your program; `await node.start()`, `await node.propose(data)`, `await node.stop
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Node", "NodeConfig", "__version__", "connect"]
+__all__ = ["ConfigStore", "Node", "NodeConfig", "__version__", "connect"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from raftsql.client.dbapi import connect
 
         return connect
+    if name == "ConfigStore":
+        from raftsql.client.config import ConfigStore
+
+        return ConfigStore
     if name in ("dbapi", "aio"):
         import importlib
 

@@ -1,4 +1,5 @@
-"""The `raftsql` command line: `serve` runs one node, `cluster N` runs N local nodes.
+"""The `raftsql` command line: `serve` runs one node, `cluster N` runs N local nodes, `shell`
+and `kv` talk to a cluster.
 
 Only what main() needs before its signal handlers are in place is imported up here: the
 rest (asyncio alone takes tens of milliseconds) is imported once they are.
@@ -197,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "with sqlite3's dot-commands and rqlite's; .help lists them.")
     shell_arguments(shell)
 
+    from raftsql.cli.kv import add_arguments as kv_arguments
+
+    kv = sub.add_parser("kv", formatter_class=defaults,
+                        help="the config store: get, put, delete, list, watch, import, export",
+                        description="Read and write the config store's keys (/v1/kv) on a "
+                        "cluster; see docs/config-store.md.")
+    kv_arguments(kv, defaults)
+
     backup = sub.add_parser("backup", formatter_class=defaults,
                             help="save the cluster's database to a file",
                             description="Save the cluster's database to FILE (GET /db/backup, "
@@ -235,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raftsql.shell import main as shell_main
 
         return shell_main(args)
+    if args.command == "kv":
+        from raftsql.cli.kv import run as kv_run
+
+        return kv_run(args)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
