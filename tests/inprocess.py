@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from raftsql.cli.launcher import free_ports
@@ -45,3 +46,17 @@ async def start_servers(tmp_path, n: int = 3, *, heartbeat_ms: int, election_ms:
     for server in servers:
         await server.start()
     return servers
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path, n: int = 3) -> AsyncIterator[list[Server]]:
+    """`n` servers of a new cluster, once every node knows the leader's API; stopped after."""
+    servers = await start_servers(tmp_path, n, heartbeat_ms=50, election_ms=300)
+    nodes = [s.node for s in servers]
+    try:
+        await wait_for(lambda: any(node.is_leader for node in nodes))
+        await wait_for(lambda: all(node.leader_api_url() for node in nodes))
+        yield servers
+    finally:
+        for s in servers:
+            await s.stop(transfer=False)

@@ -9,20 +9,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .inprocess import start_servers, wait_for
+from .inprocess import serving, wait_for
 
 
 @pytest.fixture
 async def cluster(tmp_path):
-    servers = await start_servers(tmp_path, heartbeat_ms=50, election_ms=300)
-    nodes = [s.node for s in servers]
-    await wait_for(lambda: any(n.is_leader for n in nodes))
-    leader = next(n for n in nodes if n.is_leader)
-    await wait_for(lambda: all(n.leader_api_url() for n in nodes))
-    async with aiohttp.ClientSession() as session:
-        yield nodes, leader, session
-    for s in servers:
-        await s.stop(transfer=False)
+    async with serving(tmp_path) as servers, aiohttp.ClientSession() as session:
+        nodes = [s.node for s in servers]
+        yield nodes, next(n for n in nodes if n.is_leader), session
 
 
 async def scrape(session, node) -> dict[tuple[str, tuple], float]:

@@ -9,18 +9,13 @@ import pytest
 
 from raftsql.cli.status import gather, render
 
-from .inprocess import start_servers, wait_for
+from .inprocess import serving
 
 
 @pytest.fixture
 async def cluster(tmp_path):
-    servers = await start_servers(tmp_path, heartbeat_ms=50, election_ms=300)
-    nodes = [s.node for s in servers]
-    await wait_for(lambda: any(n.is_leader for n in nodes))
-    await wait_for(lambda: all(n.leader_api_url() for n in nodes))
-    yield servers
-    for s in servers:
-        await s.stop(transfer=False)
+    async with serving(tmp_path) as servers:
+        yield servers
 
 
 def member(node_id: str, voter: bool = True) -> dict:
