@@ -12,6 +12,8 @@ Workloads (each bounded in time):
   K1 config store PUT /v1/kv from 1 client (compared with W1)
   K2 config store PUT /v1/kv from 64 clients (compared with W2)
   K3 config store GET /v1/kv from 64 clients, the default (linearizable) level (with W4)
+  DB a database of --db-mb MB: backup, snapshot, restart and a new node's catch-up, in MB/s
+     next to the disk's own (tools/bigdb.py; the issue's "W6", a name W6 above had taken)
 Baselines, measured in the same run on the same machine:
   apsw:  local apsw INSERTs, each its own transaction, synchronous=FULL (one fsync per commit)
   http:  the same client against a trivial aiohttp endpoint (the client and HTTP overhead alone)
@@ -282,8 +284,16 @@ def main() -> int:
     parser.add_argument("--no-baselines", action="store_true", help="skip the apsw and http baselines")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the leader and a follower into DIR")
     parser.add_argument("--keep", metavar="DIR", help="keep the nodes' data and logs in DIR")
+    parser.add_argument("--db-mb", type=int, default=100, help="DB: the database's size")
     args = parser.parse_args()
     only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
+    if "DB" in only:
+        from bigdb import bench_big_database
+
+        print("\n".join(bench_big_database(args.db_mb)))
+        only.discard("DB")
+        if not only:
+            return 0
 
     apsw_base = http_base = None
     if not args.no_baselines:
