@@ -47,7 +47,7 @@ def add_arguments(kv: argparse.ArgumentParser, formatter: type[argparse.HelpForm
     p.add_argument("key")
     p.add_argument("value", nargs="?", default="-",
                    help="the value; '-' or none: read it from stdin")
-    p.add_argument("--flags", type=int, default=0, help="an opaque 64-bit number kept with it")
+    p.add_argument("--flags", type=int, default=0, help="an opaque number kept with it, 0 to 2^63-1")
     p.add_argument("--cas", type=int, default=None, metavar="INDEX",
                    help="only if the key's ModifyIndex is INDEX (0: only if it does not exist)")
     p = verb("delete", "delete a key, or a whole prefix")

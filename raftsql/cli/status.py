@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,10 +18,10 @@ from raftsql.client.http import split_urls
 TIMEOUT = 2.0  # seconds a member may take to answer
 
 
-def gather(urls: str | None, get: Callable[[str], Any] | None = None) -> dict[str, Any]:
+def gather(urls: str | None) -> dict[str, Any]:
     """{"members": [...], "views": {id: store status or None}} from the first node of
     `urls` that answers, and then from every member."""
-    fetch = get or _store_status
+    fetch = _store_status
     first, failures = None, []
     for url in split_urls(urls):
         try:

@@ -19,9 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import IO
 
-from raftsql.client.http import error_text, split_urls
-
-IDEMPOTENCY_KEY = "X-Raftsql-Idempotency-Key"  # raftsql/http/respond.py: applied at most once
+from raftsql.client.http import IDEMPOTENCY_HEADER, error_text, split_urls
 
 CHUNK = 1 << 20
 
@@ -46,7 +44,7 @@ def restore(urls: str | None, path: str, *, timeout: float = 600.0,
     the first node of `urls` that answers; returns the bytes sent."""
     size = os.path.getsize(path)
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size),
-               IDEMPOTENCY_KEY: uuid.uuid4().hex}
+               IDEMPOTENCY_HEADER: uuid.uuid4().hex}
 
     def send(url: str, conn: http.client.HTTPConnection) -> int:
         conn.putrequest("POST", "/db/load")
@@ -88,9 +86,8 @@ def _first_node(urls: str | None, timeout: float,
                 failures.append(f"{url}: {e}")
                 continue
             return work(url, conn)
-        except (OSError, http.client.HTTPException) as e:
-            if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
-                raise
+        except (ConnectionError, TimeoutError, http.client.HTTPException) as e:
+            # The node, after it took the connection; a local file's error is the caller's.
             raise TransferError(f"{url}: {e or type(e).__name__}") from None
         finally:
             conn.close()

@@ -32,5 +32,5 @@ class HttpMetrics:
         self.duration.labels(name).observe(perf_counter() - start)
 
     def total(self) -> int:
-        return int(sum(s.value for m in self.requests.collect() for s in m.samples
+        return int(sum(s.value for family in self.requests.collect() for s in family.samples
                        if s.name.endswith("_total")))

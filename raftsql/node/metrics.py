@@ -56,21 +56,23 @@ class NodeMetrics:
         self.registry.register(_RaftCollector(raft_figures))
 
     def summary(self) -> dict[str, Any]:
-        """The counters and histograms as /status shows them: counts, and sums in seconds."""
-        def value(name: str) -> float:
-            return self.registry.get_sample_value(name) or 0.0
+        """The counters and histograms as /status shows them: counts, and sums in seconds.
+        (Read from each metric itself: the registry would also collect the Raft figures.)"""
+        def value(metric: Counter | Histogram, suffix: str) -> float:
+            return sum(s.value for family in metric.collect() for s in family.samples
+                       if s.name.endswith(suffix))
 
-        def timing(name: str) -> dict[str, float]:
-            return {"count": int(value(f"{name}_count")), "seconds": round(value(f"{name}_sum"), 6)}
+        def timing(h: Histogram) -> dict[str, float]:
+            return {"count": int(value(h, "_count")), "seconds": round(value(h, "_sum"), 6)}
 
         return {
-            "leader_changes": int(value("raftsql_raft_leader_changes_total")),
-            "proposals": int(value("raftsql_raft_proposals_total")),
-            "fsync": timing("raftsql_fsync_duration_seconds"),
-            "apply": timing("raftsql_apply_duration_seconds"),
-            "snapshot": {**timing("raftsql_snapshot_duration_seconds"),
-                         "bytes": int(value("raftsql_snapshot_bytes_total")),
-                         "installed": int(value("raftsql_snapshot_installs_total"))},
+            "leader_changes": int(value(self.leader_changes, "_total")),
+            "proposals": int(value(self.proposals, "_total")),
+            "fsync": timing(self.fsync),
+            "apply": timing(self.apply),
+            "snapshot": {**timing(self.snapshot),
+                         "bytes": int(value(self.snapshot_bytes, "_total")),
+                         "installed": int(value(self.snapshots_installed, "_total"))},
         }
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -9,15 +10,22 @@ import pytest
 from raftsql.cli.launcher import LocalCluster, http
 
 
-@pytest.fixture
-def cluster3(tmp_path) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(3, str(tmp_path), extra_args=["--heartbeat-ms", "50", "--election-ms", "500"])
+@contextlib.contextmanager
+def running_cluster(base_dir: str) -> Iterator[LocalCluster]:
+    """Three nodes with fast Raft timings, once they agree on a leader; stopped after."""
+    cluster = LocalCluster(3, base_dir, extra_args=["--heartbeat-ms", "50", "--election-ms", "500"])
     cluster.start()
     try:
         cluster.leader(timeout=30)
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def cluster3(tmp_path) -> Iterator[LocalCluster]:
+    with running_cluster(str(tmp_path)) as cluster:
+        yield cluster
 
 
 def execute(url: str, statements: list[Any], params: str = "", timeout: float = 10.0) -> dict:

@@ -24,7 +24,7 @@ import pytest
 
 from raftsql.cli.launcher import LocalCluster
 
-from .conftest import eventually, query
+from .conftest import eventually, query, running_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,8 @@ pytestmark = pytest.mark.slow
 def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
     """One cluster for the tests that kill no node (each on keys of its own): a cluster
     takes seconds to start and stop, the file's run time stays reasonable."""
-    shared = LocalCluster(3, str(tmp_path_factory.mktemp("consul")),
-                          extra_args=["--heartbeat-ms", "50", "--election-ms", "500"])
-    shared.start()
-    try:
-        shared.leader(timeout=30)
+    with running_cluster(str(tmp_path_factory.mktemp("consul"))) as shared:
         yield shared
-    finally:
-        shared.stop()
 
 
 def client(cluster: LocalCluster, node_id: str, **kwargs: Any) -> consul.Consul:

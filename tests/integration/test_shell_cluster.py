@@ -16,20 +16,16 @@ import pytest
 
 from raftsql.cli.launcher import LocalCluster
 
+from .conftest import running_cluster
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(3, str(tmp_path_factory.mktemp("cluster")),
-                     extra_args=["--heartbeat-ms", "50", "--election-ms", "500"])
-    c.start()
-    try:
-        c.leader(timeout=30)
+    with running_cluster(str(tmp_path_factory.mktemp("cluster"))) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def spawn(url: str, home: Path, *args: str) -> pexpect.spawn:
