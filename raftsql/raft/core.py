@@ -280,6 +280,10 @@ class Raft:
     def _reset(self, term: int) -> None:
         if term != self._term:
             self._term, self._vote = term, None
+            # Acknowledgements not yet handed out may cover entries a leader of the new term
+            # truncates before they are persisted (its APPEND comes in the same batch):
+            # drop them, or they would promise what is never durable. Losing them is safe.
+            self._msgs = [m for m in self._msgs if m.type is not MT.APPEND_RESP]
         self._leader_id = None
         self._election_elapsed = self._heartbeat_elapsed = 0
         et = self._config.election_ticks

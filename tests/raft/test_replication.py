@@ -342,3 +342,22 @@ def test_duplicated_reordered_stale_messages_are_harmless() -> None:
     after = {n: (net.log(n), net.raft(n).commit_index) for n in ABC}
     assert after == before
     net.check_logs()
+
+
+def test_an_ack_is_dropped_when_a_newer_leader_truncates_its_entries_before_they_persist() -> None:
+    """Two APPENDs in one batch: entries 4-5 of term 2, then a term-3 leader's entry 4. The
+    acknowledgement of 5 must not go out: entry 5 is never persisted (the simulator found
+    this as a "durable before promised" violation)."""
+    from raftsql.raft.core import Raft
+    from raftsql.raft.messages import ConfState
+
+    c = Raft("c", Config(), random.Random(1), initial=ConfState(voters=ABC))
+    c.advance(c.ready())
+    c.step(Message(MT.APPEND, "c", "a", term=2, index=3, log_term=1,
+                   entries=(Entry(2, 4), Entry(2, 5)), commit=3))
+    c.step(Message(MT.APPEND, "c", "b", term=3, index=3, log_term=1, entries=(Entry(3, 4),),
+                   commit=3))
+    rd = c.ready()
+    assert [(e.index, e.term) for e in rd.entries] == [(4, 3)]
+    acks = [(m.to, m.term, m.index) for m in rd.messages if m.type is MT.APPEND_RESP]
+    assert acks == [("b", 3, 4)]
