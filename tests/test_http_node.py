@@ -90,12 +90,19 @@ async def test_post_snapshot_compacts_the_log_now(cluster) -> None:
     assert (await _call(session, follower, "POST", "/snapshot")) == (200, b"")  # this node's own
     after = follower.status()["raft"]
     assert after["snapshot_index"] == before["applied_index"]
-    assert after["first_log_index"] == before["applied_index"] + 1
+    assert after["first_log_index"] == 1  # fewer entries than --trailing-logs: all kept
     assert (await _call(session, follower, "POST", "/snapshot"))[0] == 204  # nothing new
     assert leader.status()["raft"]["snapshot_index"] == 0  # the others are untouched
-    assert (await _call(session, follower, "POST", "/snapshot?trailing_logs=5"))[0] == 400
+    for keep in (5, 0):
+        await _call(session, leader, "POST", "/db/execute", ["INSERT INTO s VALUES(0)"])
+        await wait_for(lambda: follower.applied_index >= leader.applied_index)
+        path = f"/snapshot?trailing_logs={keep}"
+        assert (await _call(session, follower, "POST", path))[0] == 200
+        raft = follower.status()["raft"]
+        assert raft["first_log_index"] == raft["snapshot_index"] - keep + 1
+    assert (await _call(session, follower, "POST", "/snapshot?trailing_logs=-2"))[0] == 400
     status, body = await _call(session, follower, "GET", "/db/query?level=none&q=SELECT+count(*)+FROM+s")
-    assert json.loads(body)["results"][0]["values"] == [[15]]
+    assert json.loads(body)["results"][0]["values"] == [[17]]
     # the schema is exactly the user's, at every level, on every node, after the snapshot
     for node in nodes:
         for level in ("none", "weak", "linearizable", "strong"):

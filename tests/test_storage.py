@@ -333,17 +333,33 @@ def test_save_snapshot_is_durable_on_return_with_everything_before_it():
     assert r.hard_state == HardState(1, "n1", 3)
 
 
-def test_older_snapshot_is_ignored_and_compact_past_snapshot_refused():
+def test_older_snapshot_is_ignored():
     s = Storage(DIR, MemoryFileSystem())
     s.append(ents(1, 10))
     s.save_snapshot(Snapshot(SnapshotMeta(5, 1), b"new"))
     s.save_snapshot(Snapshot(SnapshotMeta(4, 1), b"old"))
     assert s.snapshot_meta.index == 5 and s.load_snapshot().data == b"new"
-    s.compact(5)  # covered: already dropped by save_snapshot
-    s.compact(2)
     assert s.first_index == 6 and s.entries() == ents(6, 10)
-    with pytest.raises(StorageError):
-        s.compact(6)
+
+
+def test_trailing_entries_are_kept_after_a_base_below_the_snapshot_across_restarts():
+    fs = MemoryFileSystem()
+    s = Storage(DIR, fs)
+    s.append(ents(1, 10))
+    conf = ConfState(("n1", "n2"), ("n3",))
+    s.save_snapshot(Snapshot(SnapshotMeta(8, 1, ConfState(("n1",))), b"s"),
+                    SnapshotMeta(5, 1, conf))
+    assert s.snapshot_meta.index == 8 and s.log_base == SnapshotMeta(5, 1, conf)
+    assert s.first_index == 6 and s.entries() == ents(6, 10) and s.term(5) == 1
+    s.close()
+    r = Storage(DIR, fs)
+    assert r.log_base == SnapshotMeta(5, 1, conf) and r.snapshot_meta.index == 8
+    assert r.entries() == ents(6, 10) and r.hard_state.commit == 8
+    # a base below the current one keeps the current one; above the snapshot, the snapshot
+    r.save_snapshot(Snapshot(SnapshotMeta(9, 1), b"t"), SnapshotMeta(3, 1))
+    assert r.first_index == 6
+    r.save_snapshot(Snapshot(SnapshotMeta(10, 1), b"u"), SnapshotMeta(12, 1))
+    assert r.first_index == 11 and r.entries() == []
 
 
 def test_append_skips_entries_covered_by_the_snapshot():
@@ -378,37 +394,51 @@ def test_missing_log_with_a_snapshot_refuses_to_open():
 
 @dataclasses.dataclass
 class State:
-    """What storage holds, as the model sees it."""
+    """What storage holds, as the model sees it: the log's base, the latest snapshot (at or
+    after the base), the entries after the base, the hard state."""
 
+    base: SnapshotMeta = dataclasses.field(default_factory=SnapshotMeta)
     snap: SnapshotMeta = dataclasses.field(default_factory=SnapshotMeta)
     entries: tuple[Entry, ...] = ()
     hard_state: HardState = dataclasses.field(default_factory=HardState)
 
     @property
     def last(self) -> int:
-        return self.snap.index + len(self.entries)
+        return self.base.index + len(self.entries)
 
     def term(self, index: int) -> int | None:
-        if index == self.snap.index:
-            return self.snap.term
-        if self.snap.index < index <= self.last:
-            return self.entries[index - self.snap.index - 1].term
+        if index == self.base.index:
+            return self.base.term
+        if self.base.index < index <= self.last:
+            return self.entries[index - self.base.index - 1].term
         return None
 
     def apply(self, record: Entry | HardState) -> State:
         if isinstance(record, HardState):
             return dataclasses.replace(self, hard_state=record)
-        keep = self.entries[: record.index - self.snap.index - 1]
+        keep = self.entries[: record.index - self.base.index - 1]
         return dataclasses.replace(self, entries=(*keep, record))
 
-    def with_snapshot(self, meta: SnapshotMeta) -> State:
-        """Raft §7, as save_snapshot does it."""
-        keep = (
-            self.entries[meta.index - self.snap.index :]
-            if self.term(meta.index) == meta.term
-            else ()
-        )
-        return State(meta, keep, self.hard_state).as_recovered()
+    def with_snapshot(self, meta: SnapshotMeta, base: SnapshotMeta | None = None) -> State:
+        """Raft §7, as save_snapshot does it: keep the entries after `base` (default: the
+        snapshot) if the log holds the snapshot's last entry, else none."""
+        if self.term(meta.index) != meta.term:
+            return State(meta, meta, (), self.hard_state).as_recovered()
+        if base is None or base.index >= meta.index:
+            base = meta
+        elif base.index <= self.base.index:
+            base = self.base
+        keep = self.entries[base.index - self.base.index :]
+        return State(base, meta, keep, self.hard_state).as_recovered()
+
+    def with_snapshot_file(self, meta: SnapshotMeta) -> State:
+        """What opening makes of this log beside a newer snapshot file (a crash inside
+        save_snapshot): kept whole if it holds the snapshot's last entry."""
+        if meta.index == self.base.index and meta.term == self.base.term:
+            return dataclasses.replace(self, base=meta, snap=meta).as_recovered()
+        if self.term(meta.index) == meta.term:
+            return dataclasses.replace(self, snap=meta).as_recovered()
+        return self.with_snapshot(meta)
 
     def as_recovered(self) -> State:
         """Storage reports a commit index of at least the snapshot's index."""
@@ -420,7 +450,7 @@ class State:
 
 
 def state_of(s: Storage) -> State:
-    return State(s.snapshot_meta, tuple(s.entries()), s.hard_state)
+    return State(s.log_base, s.snapshot_meta, tuple(s.entries()), s.hard_state)
 
 
 class Model:
@@ -450,9 +480,9 @@ class Model:
     def sync(self) -> None:
         self.durable, self.unsynced = self.current, []
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
+    def save_snapshot(self, snapshot: Snapshot, base: SnapshotMeta | None = None) -> None:
         if snapshot.meta.index >= self.durable.snap.index:
-            self.durable, self.unsynced = self.current.with_snapshot(snapshot.meta), []
+            self.durable, self.unsynced = self.current.with_snapshot(snapshot.meta, base), []
             self.snapshot_data = snapshot.data
 
     def check_crash_recovery(self, recovered: State) -> None:
@@ -464,8 +494,8 @@ def random_step(rng: random.Random, s: Storage, model: Model) -> str:
     state = model.current
     roll = rng.random()
     if roll < 0.45:
-        first = rng.randint(max(1, state.snap.index, state.last - 3), state.last + 1)
-        top = max((e.term for e in state.entries), default=state.snap.term)
+        first = rng.randint(max(1, state.base.index, state.last - 3), state.last + 1)
+        top = max((e.term for e in state.entries), default=state.base.term)
         term = top + (rng.random() < 0.3)
         batch = [
             Entry(term, i, EntryType(int(rng.random() < 0.1)), rng.randbytes(rng.randint(0, 40)))
@@ -489,8 +519,12 @@ def random_step(rng: random.Random, s: Storage, model: Model) -> str:
     if term is None or rng.random() < 0.2:
         term = rng.randint(1, 6)
     snapshot = Snapshot(SnapshotMeta(index, term, ConfState(("n1",))), rng.randbytes(10))
-    s.save_snapshot(snapshot)
-    model.save_snapshot(snapshot)
+    base = None
+    if rng.random() < 0.5:  # keep trailing entries after a base at or below the snapshot
+        at = rng.randint(max(0, state.base.index - 1), index)
+        base = SnapshotMeta(at, state.term(at) or 0, ConfState(("n2",)))
+    s.save_snapshot(snapshot, base)
+    model.save_snapshot(snapshot, base)
     return "snapshot"
 
 
@@ -538,7 +572,8 @@ def test_crash_at_every_step_of_save_snapshot(seed):
             completed = True
         fs.crash(rng)
         r = Storage(DIR, fs)
-        after = [c.with_snapshot(meta) for c in before]
+        after = [c.with_snapshot_file(meta) for c in before]  # the log not yet rewritten
+        after += [c.with_snapshot(meta) for c in before]  # rewritten
         recovered = state_of(r)
         if completed:
             assert recovered == state.with_snapshot(meta)

@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--snapshot-threshold-bytes", type=_count, default=64 * 2**20,
                        metavar="BYTES", help="... or once the entries applied since the "
                        "latest snapshot hold this many bytes (0: no limit by size)")
+    serve.add_argument("--trailing-logs", type=_count, default=10240, metavar="N",
+                       help="log entries kept before each snapshot, so that a follower "
+                       "slightly behind catches up from the log, not with the whole database "
+                       "(at most --snapshot-threshold-bytes of them)")
     serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
                        help="a file holding a secret every peer request must carry, the same on "
                        "every node (default: none; peer traffic is accepted from anyone)")
@@ -292,7 +296,7 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
         join=args.join or [], non_voter=args.non_voter, heartbeat_ms=args.heartbeat_ms,
         election_ms=args.election_ms, snapshot_threshold=args.snapshot_threshold,
         snapshot_threshold_bytes=args.snapshot_threshold_bytes,
-        cluster_secret=secret,
+        trailing_logs=args.trailing_logs, cluster_secret=secret,
     )
 
     async def run() -> int:

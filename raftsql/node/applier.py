@@ -18,16 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Protocol
 
-import orjson
-
 from raftsql.errors import RaftSQLError, StorageError
 from raftsql.node.addresses import AddressBook
 from raftsql.node.metrics import NodeMetrics
+from raftsql.node.snapshots import Header
 from raftsql.node.waiting import Applied
 from raftsql.raft.messages import Entry, EntryType, Snapshot
 from raftsql.storage import Storage
-
-SNAPSHOT_VERSION = 1  # of the header a snapshot's data starts with
+from raftsql.storage.snapshots import SnapshotFiles, checksum
 
 # The loop applies a small batch (and runs a query) itself when it takes at most this long;
 # over it, the work is undone and handed to a thread, and for INLINE_BACKOFF seconds all of
@@ -76,19 +74,20 @@ class Applier:
     """Feeds one node's state machine; owns the apply thread.
 
     `on_applied(entries, results)` is told of every applied batch (the proposals waiting on
-    them), `applied` holds the index; `save_snapshot(index, term, data)` stores a snapshot
-    and compacts the log; `fail(exc)` is fatal.
+    them), `applied` holds the index; `save_snapshot(index, term, data, trailing)` stores a
+    snapshot (its state already in `files`) and compacts the log, keeping `trailing` entries
+    (None: the node's default); `fail(exc)` is fatal.
     """
 
-    def __init__(self, sm: StateMachine, *, name: str, data_dir: str, book: AddressBook,
+    def __init__(self, sm: StateMachine, *, name: str, files: SnapshotFiles, book: AddressBook,
                  threshold: int, threshold_bytes: int, applied: Applied,
                  on_applied: Callable[[list[Entry], dict[int, Any]], None],
-                 save_snapshot: Callable[[int, int, bytes], Awaitable[None]],
+                 save_snapshot: Callable[[int, int, bytes, int | None], Awaitable[None]],
                  fail: Callable[[BaseException], None], metrics: NodeMetrics) -> None:
         self._sm = sm
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"apply-{name}")
-        self._tmp = os.path.join(data_dir, "snapshot.tmp")
+        self._files = files
         self._book = book
         self._threshold = threshold
         self._threshold_bytes = threshold_bytes  # 0: no limit by size
@@ -105,6 +104,7 @@ class Applier:
         self.snapshot_time: float | None = None  # when the latest snapshot was taken (unix)
         self.applied_term = 0
         self._snapshot_waiters: list[asyncio.Future[None]] = []  # snapshot_now() callers
+        self._trailing: int | None = None  # what the latest snapshot_now() asked to keep
         self._snapshotting: asyncio.Task[None] | None = None
 
     async def recover(self, storage: Storage) -> None:
@@ -121,6 +121,8 @@ class Applier:
             peers = await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._restore, snapshot)
             self._book.update(peers)
+        elif meta.index:
+            self._files.prune(meta.index, meta.term)
         self._applied.set(self._sm.applied_index())
 
     def halt(self) -> None:
@@ -270,13 +272,15 @@ class Applier:
 
     # ---- snapshots ----------------------------------------------------------------
 
-    async def snapshot_now(self) -> bool:
-        """Snapshot what is applied and compact the log now (POST /snapshot); False, doing
-        nothing, when the latest snapshot already holds everything applied."""
+    async def snapshot_now(self, trailing: int | None = None) -> bool:
+        """Snapshot what is applied and compact the log now (POST /snapshot), keeping
+        `trailing` entries before it (None: the default); False, doing nothing, when the
+        latest snapshot already holds everything applied."""
         if self._halted:
             raise RaftSQLError("node stopped")
         if self._applied.index <= self.snapshot_index:
             return False
+        self._trailing = trailing
         fut = asyncio.get_running_loop().create_future()
         self._snapshot_waiters.append(fut)
         if not self._busy:
@@ -293,11 +297,14 @@ class Applier:
 
     async def _take_snapshot(self) -> None:
         index, term = self._applied.index, self.applied_term
+        trailing, self._trailing = self._trailing, None
         start = perf_counter()
-        data = await asyncio.get_running_loop().run_in_executor(self._pool, self._snapshot_data)
-        await self._save_snapshot(index, term, data)
+        loop = asyncio.get_running_loop()
+        header = await loop.run_in_executor(self._pool, self._write_state, index, term)
+        await self._save_snapshot(index, term, header.encode(), trailing)
+        await loop.run_in_executor(self._pool, self._files.prune, index, term)
         self._metrics.snapshot.observe(perf_counter() - start)
-        self._metrics.snapshot_bytes.inc(len(data))
+        self._metrics.snapshot_bytes.inc(header.size)
         self.snapshot_index = index
         self.snapshot_time = time.time()
 
@@ -319,32 +326,32 @@ class Applier:
         self._busy = False
         self._apply_next()
 
-    def _snapshot_data(self) -> bytes:
-        """On the apply thread: a header (version, the address book), then the state."""
-        self._sm.snapshot(self._tmp)
-        with open(self._tmp, "rb") as f:
-            state = f.read()
-        os.remove(self._tmp)
-        header = orjson.dumps({"v": SNAPSHOT_VERSION, "peers": self._book.everyone()})
-        return len(header).to_bytes(4, "big") + header + state
+    def _write_state(self, index: int, term: int) -> Header:
+        """On the apply thread: the state machine's state into its file, checked and durable
+        (storage/snapshots.py); the header of the snapshot's data describes it."""
+        part = self._files.partial(index, term)
+        held = self._sm.snapshot(part)
+        if held != index:
+            raise StorageError(f"the state machine's snapshot holds {held}, not {index}")
+        size, crc = checksum(part)
+        self._files.install(index, term)
+        return Header(self._book.everyone(), size, crc)
 
     def _restore(self, snapshot: Snapshot) -> dict[str, Any]:
-        """On the apply thread: restore the state; returns the snapshot's address book."""
-        data = snapshot.data
-        n = int.from_bytes(data[:4], "big")
-        header = orjson.loads(data[4 : 4 + n]) if n else {}
-        if header.get("v", SNAPSHOT_VERSION) != SNAPSHOT_VERSION:
-            raise StorageError(f"snapshot {snapshot.meta.index}: unsupported version "
-                               f"{header.get('v')!r}")
-        with open(self._tmp, "wb") as f:
-            f.write(data[4 + n :])
-        self._sm.restore(self._tmp, snapshot.meta.index)
-        os.remove(self._tmp)
-        self.snapshot_index = snapshot.meta.index
+        """On the apply thread: restore the state from its file; returns the snapshot's
+        address book."""
+        meta = snapshot.meta
+        header = Header.decode(snapshot.data, meta.index)
+        path = self._files.path(meta.index, meta.term)
+        if not os.path.exists(path):
+            raise StorageError(f"snapshot {meta.index}: its state {path} is missing")
+        self._sm.restore(path, meta.index)
+        self._files.prune(meta.index, meta.term)
+        self.snapshot_index = meta.index
         self.snapshot_time = time.time()
         self._bytes_since_snapshot = 0
         self._metrics.snapshots_installed.inc()
-        return dict(header.get("peers", {}))
+        return header.peers
 
 
 def _stored_after(storage: Storage, index: int) -> list[tuple[int, bytes]] | None:

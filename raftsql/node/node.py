@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from raftsql.errors import (
     ClusterError,
@@ -47,6 +47,7 @@ from raftsql.node.metrics import NodeMetrics
 from raftsql.node.persist import PersistThread
 from raftsql.node.proposals import Proposals
 from raftsql.node.reads import Reads
+from raftsql.node.snapshots import SnapshotReceiver
 from raftsql.node.waiting import Applied, Deadlines
 from raftsql.raft.core import Raft
 from raftsql.raft.messages import (
@@ -61,8 +62,9 @@ from raftsql.raft.messages import (
     SnapshotMeta,
 )
 from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
-from raftsql.storage import Storage, attach_snapshot, write_persist
+from raftsql.storage import Storage, attach_snapshot, trailing_base, write_persist
 from raftsql.storage.log import SNAPSHOT_NAME
+from raftsql.storage.snapshots import SnapshotFiles
 
 log = logging.getLogger("raftsql.node")
 
@@ -82,6 +84,7 @@ class NodeConfig:
     election_ms: int = 1000
     snapshot_threshold: int = 8192  # entries applied since the latest snapshot...
     snapshot_threshold_bytes: int = 64 * 2**20  # ...or bytes of their commands (0: no limit)
+    trailing_logs: int = 10240  # entries kept before a snapshot (at most the bytes above)
     cluster_secret: str | None = None
 
     @property
@@ -98,7 +101,10 @@ class PeerTransport(Protocol):
 
     def bind(self, deliver: Callable[[list[Message]], None], *,
              attach_snapshot: Callable[[Message], Message | None],
+             snapshot_file: Callable[[int, int], str | None],
              on_peer_api: Callable[[str, str], None]) -> None: ...
+    async def fetch_snapshot(self, node_id: str, index: int, term: int, offset: int,
+                             out: BinaryIO) -> None: ...
     def set_peer(self, node_id: str, raft_addr: str) -> None: ...
     def send(self, messages: list[Message]) -> None: ...
     def on_rpc(self, name: str, handler: Any) -> None: ...
@@ -155,8 +161,11 @@ class Node:
             self.book, transport, self._clock, change=self._change_conf,
             conf=lambda: self.conf, leader=lambda: self.leader_id, log=self._log)
         self.metrics = NodeMetrics()
+        self._files = SnapshotFiles(os.path.join(config.data_dir, "snapshots"))
+        self._receiver = SnapshotReceiver(self._files, transport.fetch_snapshot,
+                                          self._deliver_admitted, self.node_id)
         self._applier = Applier(
-            state_machine, name=self.node_id, data_dir=config.data_dir, book=self.book,
+            state_machine, name=self.node_id, files=self._files, book=self.book,
             threshold=config.snapshot_threshold,
             threshold_bytes=config.snapshot_threshold_bytes, applied=self._applied,
             on_applied=self._proposals.complete, save_snapshot=self._save_snapshot,
@@ -272,7 +281,7 @@ class Node:
         self._raft = self._make_raft(storage, bootstrap=fresh and not self.config.join)
         transport = self._transport
         transport.bind(self._deliver, attach_snapshot=lambda m: attach_snapshot(storage, m),
-                       on_peer_api=self.book.note_api_url)
+                       snapshot_file=self._snapshot_file, on_peer_api=self.book.note_api_url)
         transport.on_rpc("join", self._membership.on_join)
         transport.on_rpc("info", self._membership.on_info)
         self.book.subscribe(transport.set_peer)
@@ -294,6 +303,7 @@ class Node:
             with contextlib.suppress(RaftSQLError, asyncio.TimeoutError):
                 await self.transfer_leadership(None, timeout=2.0)
         self._halt(NodeStoppedError())
+        self._receiver.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -358,10 +368,11 @@ class Node:
         """Run a read on the state machine's read side (its `query(*request)`)."""
         return await self._reads.query(*request)
 
-    async def snapshot(self) -> bool:
-        """Snapshot the state machine and compact the log now; False if the latest snapshot
-        already holds everything applied."""
-        return await self._applier.snapshot_now()
+    async def snapshot(self, trailing: int | None = None) -> bool:
+        """Snapshot the state machine and compact the log now, keeping `trailing` entries
+        before it (None: --trailing-logs); False if the latest snapshot already holds
+        everything applied."""
+        return await self._applier.snapshot_now(trailing)
 
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
         await self._membership.remove(node_id, timeout)
@@ -416,8 +427,18 @@ class Node:
         for m in messages:
             if m.frm == leader or m.type in _LEADER_MESSAGES:
                 self._last_contact = self._clock.now()
-        self._inbox.extend(messages)
+            if m.type is MessageType.SNAPSHOT and not self._receiver.admit(m):
+                continue  # its state is being fetched; delivered once it is here
+            self._inbox.append(m)
         self._wake.set()
+
+    def _deliver_admitted(self, m: Message) -> None:
+        self._inbox.append(m)
+        self._wake.set()
+
+    def _snapshot_file(self, index: int, term: int) -> str | None:
+        """The state of snapshot (index, term), for a follower fetching it."""
+        return self._files.path(index, term) if self._files.has(index, term) else None
 
     async def _ticker(self) -> None:
         interval = self.config.heartbeat_ms / 1000
@@ -528,14 +549,20 @@ class Node:
             else:
                 self._leader_waiters.append((done, fut))
 
-    async def _save_snapshot(self, index: int, term: int, data: bytes) -> None:
-        """The applier saved the state machine at `index`: store it, compact the log."""
+    async def _save_snapshot(self, index: int, term: int, data: bytes,
+                             trailing: int | None) -> None:
+        """The applier saved the state machine at `index`: store it, compact the log up to
+        `trailing` entries before it (None: --trailing-logs)."""
         raft, storage = self._raft, self._storage
         assert raft is not None and storage is not None
+        keep = self.config.trailing_logs if trailing is None else trailing
+        base = trailing_base(raft, index, keep, self.config.snapshot_threshold_bytes)
+        if base.index > index:
+            return  # the core installed a newer snapshot from the leader meanwhile
         meta = SnapshotMeta(index, term, raft.conf_at(index))
-        await self._persist.run(storage.save_snapshot, Snapshot(meta, data))
-        self._call(lambda raft: raft.compact(index, term))
-        self._log("snapshot taken", index=index)
+        await self._persist.run(storage.save_snapshot, Snapshot(meta, data), base)
+        self._call(lambda raft: raft.compact(base.index, base.term))
+        self._log("snapshot taken", index=index, log_from=base.index + 1)
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -554,7 +581,7 @@ class Node:
             context = {i: addr_context(addr, "") for i, addr in members.items()}
         return Raft(
             self.node_id, Config(election_ticks=ticks), random.Random(),
-            hard_state=storage.hard_state, snapshot=storage.snapshot_meta,
+            hard_state=storage.hard_state, snapshot=storage.log_base,
             entries=entries, applied=self.applied_index, initial=initial,
             initial_context=context,
         )

@@ -40,6 +40,7 @@ from raftsql.storage import (
     SimulatedCrash,
     Storage,
     attach_snapshot,
+    trailing_base,
     write_persist,
 )
 
@@ -132,13 +133,13 @@ class Cluster:
             raise SafetyViolation(f"{node_id} applied {node.applied_index} but its log ends at"
                                   f" {storage.last_index}: applied entries were not durable")
         # What a crash kept of a torn write is durable too: record it for Log Matching.
-        self.checker.on_persisted(node_id, storage.entries(), meta.term)
+        self.checker.on_persisted(node_id, storage.entries(), storage.log_base.term)
         node.synced_last = storage.last_index
         node.synced_vote = (storage.hard_state.term, storage.hard_state.vote)
         node.order = ReadyOrder(storage.hard_state)
         node.raft = Raft(
             node_id, self.config, random.Random(f"{node_id}/{self.rng.random()}"),
-            hard_state=storage.hard_state, snapshot=meta, entries=storage.entries(),
+            hard_state=storage.hard_state, snapshot=storage.log_base, entries=storage.entries(),
             applied=node.applied_index, initial=node.bootstrap,
         )
         self.note(f"{node_id} starts: term={node.raft.term} commit={node.raft.commit_index}"
@@ -178,17 +179,19 @@ class Cluster:
         leaders = [n.raft for n in self.alive() if n.raft is not None and n.raft.role is Role.LEADER]
         return max(leaders, key=lambda r: r.term).id if leaders else None
 
-    def compact(self, node_id: str, index: int | None = None) -> None:
+    def compact(self, node_id: str, index: int | None = None, trailing: int = 0) -> None:
         """The driver's part of a snapshot (docs/design.md §3): store the state machine at
-        `index` (default: applied), then tell the core."""
+        `index` (default: applied), keeping `trailing` entries before it, then tell the core."""
         node, raft = self.nodes[node_id], self.raft(node_id)
         index = raft.applied if index is None else index
         term = raft.term_at(index)
         assert term is not None and node.storage is not None
         data = encode_entries(node.applied[:index])  # the state machine holds 1..applied
-        node.storage.save_snapshot(Snapshot(SnapshotMeta(index, term, raft.conf_at(index)), data))
-        raft.compact(index, term)
-        self.note(f"{node_id} compacts to {index} (term {term})")
+        base = trailing_base(raft, index, trailing)
+        node.storage.save_snapshot(Snapshot(SnapshotMeta(index, term, raft.conf_at(index)), data),
+                                   base)
+        raft.compact(base.index, base.term)
+        self.note(f"{node_id} compacts to {base.index} (term {base.term}), snapshot at {index}")
 
     # ---- the driver --------------------------------------------------------------
 

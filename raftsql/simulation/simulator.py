@@ -466,21 +466,25 @@ class Simulation(Cluster):
     def snapshot(self, node: SimNode) -> None:
         raft = node.raft
         assert raft is not None
-        first = raft.snapshot_meta.index
+        assert node.storage is not None
+        # The core's log may start before the stored snapshot (trailing entries), or after
+        # it (a received snapshot not yet persisted).
+        first = max(raft.snapshot_meta.index, node.storage.snapshot_meta.index)
         if raft.applied <= first:
             return
         index = raft.applied if self.rng.random() < 0.7 else self.rng.randint(first + 1, raft.applied)
-        self.fault("snapshot")
+        trailing = self.rng.choice((0, 0, 2, 5))  # entries kept before the snapshot
+        self.fault("snapshot" if not trailing else "snapshot with trailing entries")
         if self.rng.random() < 0.1:  # power cut while the snapshot is written
             node.fs.crash_after(self.rng.randrange(10))
             try:
-                self.compact(node.id, index)
+                self.compact(node.id, index, trailing)
             except SimulatedCrash:
                 self.fault("crash while saving a snapshot")
                 self.note(f"{node.id} crashes while saving a snapshot at {index}")
             self.crash(node.id)
             return
-        self.compact(node.id, index)
+        self.compact(node.id, index, trailing)
 
     # ---- healing and liveness ----------------------------------------------------
 

@@ -7,14 +7,16 @@ small `FileSystem` interface: `OSFileSystem` (real files) or `MemoryFileSystem`
 Directory layout (`DATA_DIR/raft/`):
 
     log        append-only records: one BASE record, then ENTRY and HARD_STATE records
-    snapshot   the latest snapshot: magic, meta (with CRC), then the data (with CRC)
+    snapshot   the latest snapshot's meta and (small) data: magic, meta (with CRC), then
+               the data (with CRC); a large state lives beside it (storage/snapshots.py)
     *.tmp      leftovers of an interrupted atomic write, removed at open
 
 A log record (integers little-endian):
 
     u32 length  of what follows the 8-byte header (the type byte and the payload)
     u32 crc     CRC-32 of the type byte and the payload
-    u8  type    1 BASE       u16 version, u64 index, u64 term   (the log starts after index)
+    u8  type    1 BASE       u16 version, u64 index, u64 term, voters, learners
+                             (the log starts after index; the membership there)
                 2 ENTRY      u64 term, u64 index, u8 entry type, data
                 3 HARD_STATE u64 term, u64 commit, u8 has_vote, vote (utf-8)
 
@@ -32,9 +34,12 @@ returns (except through `save_snapshot`, which is durable on return).
 
 Snapshots and compaction (Raft §7): `save_snapshot` first replaces the snapshot file
 atomically, then replaces the log atomically with one whose BASE is the snapshot's index
-and term. A crash between the two leaves a newer snapshot than the log's base; opening
-finishes the job with the same rule `save_snapshot` uses, so every crash point leads to
-either the old state or the new one.
+and term, or an earlier entry's when the driver keeps trailing entries after compacting
+(`base`: a follower slightly behind then catches up from the log, not the whole state).
+The log's base is therefore at or below the snapshot's index, and when below it the log
+holds the snapshot's last entry. A crash between the two steps leaves a newer snapshot than
+the log's base; opening finishes the job with the same rule `save_snapshot` uses, so every
+crash point leads to either the old state or the new one.
 
 A `Storage` is not thread-safe: calls must not overlap (a driver may run `sync` in a
 worker thread, but not while another call runs).
@@ -55,7 +60,7 @@ from raftsql.raft.messages import ConfState, Entry, EntryType, HardState, Snapsh
 
 LOG_NAME = "log"
 SNAPSHOT_NAME = "snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the BASE record carries the membership at the base
 
 _BASE, _ENTRY, _HARD_STATE = 1, 2, 3
 _HEADER = struct.Struct("<II")  # length, crc
@@ -158,10 +163,11 @@ def _fsync_dir(path: str) -> None:
 
 
 class Storage:
-    """Durable hard state, log entries after the snapshot, and the latest snapshot.
+    """Durable hard state, log entries after the log's base, and the latest snapshot.
 
-    Invariant: `first_index == snapshot_meta.index + 1 <= last_index + 1`, and `entries()`
-    holds exactly the indexes `first_index..last_index`, contiguous.
+    Invariant: `first_index == log_base.index + 1 <= snapshot_meta.index + 1 <=
+    last_index + 1` (the log holds the snapshot's last entry when its base is below it), and
+    `entries()` holds exactly the indexes `first_index..last_index`, contiguous.
     """
 
     def __init__(self, path: str, fs: FileSystem | None = None) -> None:
@@ -170,7 +176,8 @@ class Storage:
         self._log_path = f"{self._dir}/{LOG_NAME}"
         self._snap_path = f"{self._dir}/{SNAPSHOT_NAME}"
         self.hard_state = HardState()
-        self.snapshot_meta = SnapshotMeta()
+        self.snapshot_meta = SnapshotMeta()  # the latest snapshot
+        self.log_base = SnapshotMeta()  # where the log starts: index, term, membership there
         self._entries: list[Entry] = []
         self._pending: list[bytes] = []  # encoded records not yet written
         self._dirty = False  # written but not yet synced
@@ -190,21 +197,21 @@ class Storage:
 
     @property
     def first_index(self) -> int:
-        return self.snapshot_meta.index + 1
+        return self.log_base.index + 1
 
     @property
     def last_index(self) -> int:
-        return self.snapshot_meta.index + len(self._entries)
+        return self.log_base.index + len(self._entries)
 
     def entries(self) -> list[Entry]:
-        """All entries after the snapshot, in index order (a copy)."""
+        """All entries after the log's base, in index order (a copy)."""
         return list(self._entries)
 
     def term(self, index: int) -> int | None:
         """The term of the entry at `index`, or None if compacted away or not yet there."""
-        base = self.snapshot_meta.index
+        base = self.log_base.index
         if index == base:
-            return self.snapshot_meta.term
+            return self.log_base.term
         if base < index <= base + len(self._entries):
             return self._entries[index - base - 1].term
         return None
@@ -223,13 +230,14 @@ class Storage:
     def append(self, entries: Sequence[Entry]) -> None:
         """Add entries after (or, on a conflict, in place of a suffix of) the log.
 
-        Written by the next `sync`. Entries at or below the snapshot index are already
-        covered by the snapshot and skipped.
+        Written by the next `sync`. Entries at or below the snapshot's index are already
+        covered by it (committed, so the log's trailing entries before it never change)
+        and skipped.
         """
         self._check_usable()
-        base = self.snapshot_meta.index
-        if entries and entries[0].index <= base:
-            entries = entries[base + 1 - entries[0].index :]
+        base, covered = self.log_base.index, self.snapshot_meta.index
+        if entries and entries[0].index <= covered:
+            entries = entries[covered + 1 - entries[0].index :]
         if not entries:
             return
         first = entries[0].index
@@ -263,12 +271,14 @@ class Storage:
         except OSError as exc:
             raise self._fail("writing the raft log", exc) from exc
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
+    def save_snapshot(self, snapshot: Snapshot, base: SnapshotMeta | None = None) -> None:
         """Make `snapshot` the latest one, durably, and drop the log it covers (§7).
 
-        Later entries are kept only if the log has the snapshot's last entry (same index
-        and term); otherwise the whole log is dropped. A snapshot older than the current
-        one is ignored. Everything appended or set so far is durable on return too.
+        If the log has the snapshot's last entry (same index and term), the entries after
+        `base` are kept (default: after the snapshot; `base` is an earlier entry, with the
+        membership there, when the driver keeps trailing entries); otherwise the whole log is
+        dropped. A snapshot older than the current one is ignored. Everything appended or set
+        so far is durable on return too.
         """
         self._check_usable()
         meta = snapshot.meta
@@ -278,21 +288,8 @@ class Storage:
             self._fs.write_atomic(self._snap_path, _encode_snapshot(snapshot))
         except OSError as exc:
             raise self._fail("writing the snapshot", exc) from exc
-        self._compact_to(meta)
-
-    def compact(self, index: int) -> None:
-        """Drop entries <= `index`; they must be covered by the saved snapshot.
-
-        `save_snapshot` already drops every entry up to the snapshot's index, so with
-        `index <= snapshot_meta.index` there is nothing left to drop. Compacting past the
-        snapshot would lose committed entries and is refused.
-        """
-        self._check_usable()
-        if index > self.snapshot_meta.index:
-            raise StorageError(
-                f"compact({index}): entries after the snapshot at "
-                f"{self.snapshot_meta.index} are not covered by it"
-            )
+        self.snapshot_meta = meta
+        self._compact_to(meta, base)
 
     def close(self) -> None:
         """Sync what is pending (unless storage already failed) and release the file."""
@@ -317,7 +314,7 @@ class Storage:
         if fs.exists(self._snap_path):
             snapshot_meta = _read_snapshot_meta(fs, self._snap_path)
         elif not fs.exists(self._log_path):
-            fs.write_atomic(self._log_path, [_base_record(0, 0)])
+            fs.write_atomic(self._log_path, [_base_record(SnapshotMeta())])
         if not fs.exists(self._log_path):
             raise StorageError(f"{self._log_path} is missing but a snapshot exists")
         data = fs.read(self._log_path)
@@ -331,16 +328,15 @@ class Storage:
     def _replay(self, data: bytes) -> int:
         """Load the log records into memory; return where the valid part ends.
 
-        `snapshot_meta` is left at the log's base (index and term), which `_reconcile`
-        then checks against the snapshot file.
+        Sets `log_base`, which `_reconcile` then checks against the snapshot file.
         """
         view = memoryview(data)
         end = len(data)
         first = _read_record(data, view, 0)
         if first is None or data[8] != _BASE:
             raise StorageError(f"{self._log_path} does not start with a valid base record")
-        base, base_term = _decode_base(data, 8, first, self._log_path)
-        self.snapshot_meta = SnapshotMeta(index=base, term=base_term)
+        self.log_base = _decode_base(data, 8, first, self._log_path)
+        base = self.log_base.index
         entries = self._entries
         unpack_header, unpack_entry = _HEADER.unpack_from, _ENTRY_HEAD.unpack_from
         crc32, entry_types = zlib.crc32, _ENTRY_TYPES
@@ -377,32 +373,46 @@ class Storage:
     def _reconcile(self, meta: SnapshotMeta) -> None:
         """Check the log's base against the snapshot file's meta.
 
-        A snapshot newer than the base means a crash cut `save_snapshot` short between
-        its two steps: finish it with the same rule. An older one cannot happen (the
-        snapshot is written first): the entries in between would be lost.
+        A snapshot the log does not hold (its last entry is neither the base nor stored)
+        means a crash cut `save_snapshot` short between its two steps: finish it with the
+        same rule. One older than the base cannot happen (the snapshot is written first):
+        the entries in between would be lost.
         """
-        base = self.snapshot_meta
+        base = self.log_base
         if meta.index < base.index:
             raise StorageError(
                 f"the log starts after {base.index} but the snapshot only covers {meta.index}"
             )
-        if (meta.index, meta.term) != (base.index, base.term):
-            self._compact_to(meta)
-            return
         self.snapshot_meta = meta
+        if (meta.index, meta.term) == (base.index, base.term):
+            self.log_base = meta  # a log of format 1 does not record the membership
+        elif self.term(meta.index) != meta.term:
+            self._compact_to(meta, None)
+            return
         if self.hard_state.commit < meta.index:  # everything a snapshot holds is committed
             self.hard_state = dataclasses.replace(self.hard_state, commit=meta.index)
 
-    def _compact_to(self, meta: SnapshotMeta) -> None:
-        """Rewrite the log to start at `meta` (§7), atomically; durable on return."""
+    def _compact_to(self, meta: SnapshotMeta, base: SnapshotMeta | None) -> None:
+        """Rewrite the log to start at `base` (default `meta`, the snapshot), or at `meta`
+        with nothing after it when the log does not hold the snapshot's last entry (§7);
+        atomically, durable on return. Nothing to do when that is where the log starts."""
         assert self._file is not None
         keep: list[Entry] = []
+        covered = meta.index
         if self.term(meta.index) == meta.term:
-            keep = self._entries[meta.index - self.snapshot_meta.index :]
+            if base is None or base.index >= meta.index:
+                base = meta
+            elif base.index <= self.log_base.index:
+                base = self.log_base  # nothing before the base is left to keep
+            if base == self.log_base and self.hard_state.commit >= covered:
+                self.sync()
+                return
+            keep = self._entries[base.index - self.log_base.index :]
+            meta = base
         hs = self.hard_state
-        if hs.commit < meta.index:  # everything a snapshot holds is committed
-            hs = dataclasses.replace(hs, commit=meta.index)
-        parts = [_base_record(meta.index, meta.term), _hard_state_record(hs)]
+        if hs.commit < covered:  # everything a snapshot holds is committed
+            hs = dataclasses.replace(hs, commit=covered)
+        parts = [_base_record(meta), _hard_state_record(hs)]
         if keep:
             parts.extend(_encode_entries(keep, meta.index + 1))
         try:
@@ -415,7 +425,7 @@ class Storage:
         self._pending.clear()  # all of it is in the new log
         self._dirty = False
         self._entries = keep
-        self.snapshot_meta = meta
+        self.log_base = meta
         self.hard_state = hs
 
     def _check_usable(self) -> None:
@@ -436,8 +446,9 @@ def _record(body: bytes) -> bytes:
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
-def _base_record(index: int, term: int) -> bytes:
-    return _record(_BASE_BODY.pack(_BASE, FORMAT_VERSION, index, term))
+def _base_record(base: SnapshotMeta) -> bytes:
+    conf = _encode_names(base.conf.voters) + _encode_names(base.conf.learners)
+    return _record(_BASE_BODY.pack(_BASE, FORMAT_VERSION, base.index, base.term) + conf)
 
 
 def _hard_state_record(hs: HardState) -> bytes:
@@ -499,18 +510,28 @@ def _valid_record_after(data: bytes, view: memoryview, off: int, first: int, las
         elif kind == _HARD_STATE:
             if not _HARD_STATE_HEAD.size <= length <= _HARD_STATE_HEAD.size + 4096:
                 continue
-        elif length != _BASE_BODY.size:
+        elif length < _BASE_BODY.size or p + 8 + length > end:
             continue
         if _read_record(data, view, p) is not None:
             return True
     return False
 
 
-def _decode_base(data: bytes, start: int, stop: int, path: str) -> tuple[int, int]:
+def _decode_base(data: bytes, start: int, stop: int, path: str) -> SnapshotMeta:
     _, version, index, term = _BASE_BODY.unpack_from(data, start)
-    if version != FORMAT_VERSION or stop - start != _BASE_BODY.size:
+    if version == 1 and stop - start == _BASE_BODY.size:
+        return SnapshotMeta(index, term)  # no membership: the snapshot's (see _reconcile)
+    if version != FORMAT_VERSION:
         raise StorageError(f"{path}: unknown log format version {version}")
-    return index, term
+    try:
+        body = data[: stop]
+        voters, off = _decode_names(body, start + _BASE_BODY.size)
+        learners, off = _decode_names(body, off)
+    except struct.error as exc:
+        raise StorageError(f"{path}: corrupt base record ({exc})") from exc
+    if off != stop:
+        raise StorageError(f"{path}: corrupt base record")
+    return SnapshotMeta(index, term, ConfState(voters, learners))
 
 
 def _decode_hard_state(data: bytes, start: int, stop: int) -> HardState:

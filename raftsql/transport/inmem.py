@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from raftsql.errors import TransportError
 from raftsql.raft.messages import Message, MessageType
@@ -61,12 +61,15 @@ class InMemoryTransport:
         self._rpc: dict[str, RpcHandler] = {}
         self._deliver: Deliver = lambda messages: None
         self._attach: Callable[[Message], Message | None] = lambda m: m
+        self._snapshot_file: Callable[[int, int], str | None] = lambda index, term: None
         self._on_peer_api: Callable[[str, str], None] = lambda node_id, api_url: None
 
     def bind(self, deliver: Deliver, *, attach_snapshot: Callable[[Message], Message | None],
+             snapshot_file: Callable[[int, int], str | None],
              on_peer_api: Callable[[str, str], None]) -> None:
         self._deliver = deliver
         self._attach = attach_snapshot
+        self._snapshot_file = snapshot_file
         self._on_peer_api = on_peer_api
 
     def set_peer(self, node_id: str, raft_addr: str) -> None:
@@ -103,6 +106,25 @@ class InMemoryTransport:
         async with asyncio.timeout(timeout):
             result: dict[str, Any] = await to._rpc[name](dict(payload))
             return result
+
+    async def fetch_snapshot(self, node_id: str, index: int, term: int, offset: int,
+                             out: BinaryIO) -> None:
+        """As the WebSocket transport's: the peer's state file from `offset`, a chunk per
+        turn of the loop (a cut link stops it, leaving what arrived)."""
+        to = self._network._route(self, self._peers.get(node_id, ""))
+        path = None if to is None else to._snapshot_file(index, term)
+        if to is None or path is None:
+            raise TransportError(f"snapshot {index} from {node_id}: "
+                                 f"{'unreachable' if to is None else 'not there'}",
+                                 None if to is None else 404)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while chunk := f.read(1 << 16):
+                if self._network._route(self, to.addr) is None:
+                    raise TransportError(f"snapshot {index} from {node_id}: link cut")
+                out.write(chunk)
+                await asyncio.sleep(0)
+        out.flush()
 
     def reachable(self, node_id: str) -> bool:
         to = self._network._route(self, self._peers.get(node_id, ""))

@@ -24,7 +24,9 @@ once. A bad frame closes that stream, never the node.
 
 The cluster secret and the protocol version are checked on every peer request (the
 upgrade and each RPC). Small request/response RPCs (join, info) are served at
-POST /raft/rpc/<name> with orjson bodies.
+POST /raft/rpc/<name> with orjson bodies. A snapshot's state, which may be gigabytes, does
+not travel in a frame: a follower fetches it from GET /raft/snapshot/<index>/<term> with a
+Range header (resuming a cut download), and the file is sent from disk (sendfile).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import hmac
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import orjson
@@ -64,11 +66,13 @@ API_HEADER = "X-Raftsql-Api-Url"  # the dialing node's client API URL
 TO_HEADER = "X-Raftsql-To"  # the node id the dialer expects at this address
 STREAM_PATH = "/raft/stream"
 RPC_PATH = "/raft/rpc/{name}"
+SNAPSHOT_PATH = "/raft/snapshot/{index}/{term}"
 
 CHUNK_SIZE = 1 << 20  # the largest WebSocket message a node accepts is one chunk
 MAX_FRAME_SIZE = 4 << 30  # the largest reassembled frame (a snapshot) a node accepts
 
 Deliver = Callable[[list[Message]], None]
+SnapshotFile = Callable[[int, int], "str | None"]  # (index, term) -> the state file, if here
 RpcHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 _SNAPSHOT = MessageType.SNAPSHOT
@@ -105,6 +109,7 @@ class Transport:
         self._runner: web.AppRunner | None = None
         self._secret = secret.encode() if secret is not None else None
         self._attach = attach_snapshot
+        self._snapshot_file: SnapshotFile = lambda index, term: None
         self._ssl = ssl_context
         self._scheme = "https" if ssl_context is not None else "http"
         self._max_queue = max_queue
@@ -145,10 +150,11 @@ class Transport:
         self._spawn_task(self._housekeep(), "raft-transport-housekeeping")
 
     def bind(self, deliver: Deliver, *, attach_snapshot: Callable[[Message], Message | None],
-             on_peer_api: Callable[[str, str], None]) -> None:
+             snapshot_file: SnapshotFile, on_peer_api: Callable[[str, str], None]) -> None:
         """Where incoming messages go, and the node's hooks (before start())."""
         self._deliver = deliver
         self._attach = attach_snapshot
+        self._snapshot_file = snapshot_file
         self._on_peer_api = on_peer_api
 
     async def listen(self, addr: str) -> None:
@@ -178,6 +184,7 @@ class Transport:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(STREAM_PATH, self._handle_stream)
         app.router.add_post(RPC_PATH, self._handle_rpc)
+        app.router.add_get(SNAPSHOT_PATH, self._handle_snapshot)
 
     # ---- peers ----------------------------------------------------------------------
 
@@ -568,6 +575,50 @@ class Transport:
         except aiohttp.ClientError as exc:
             raise TransportError(f"rpc {name} to {raft_addr} failed: {exc}") from exc
         return rpc_result(raft_addr, name, status, body)
+
+    # ---- snapshot states --------------------------------------------------------------
+
+    async def _handle_snapshot(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            index, term = int(request.match_info["index"]), int(request.match_info["term"])
+        except ValueError:
+            return text_response(400, "snapshot index and term must be integers")
+        path = self._snapshot_file(index, term)
+        if path is None:
+            return text_response(404, f"no snapshot {index} of term {term} here")
+        return web.FileResponse(path, chunk_size=256 * 1024)  # answers Range with 206
+
+    async def fetch_snapshot(self, node_id: str, index: int, term: int, offset: int,
+                             out: BinaryIO) -> None:
+        """Append the state of snapshot (index, term) from byte `offset` on, as peer `node_id`
+        has it, to `out`. TransportError (status 404: it no longer has it); whatever arrived
+        before a failure stays written, to resume from."""
+        peer = self._peers.get(node_id)
+        if peer is None:
+            raise TransportError(f"no address for peer {node_id}")
+        session = self._session_or_new()
+        url = f"{self._scheme}://{peer.addr}/raft/snapshot/{index}/{term}"
+        headers = {**self._headers, "Range": f"bytes={offset}-"}
+        try:
+            async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(
+                    sock_connect=self._connect_timeout, sock_read=self._peer_timeout),
+                    ssl=self._ssl if self._ssl is not None else True) as resp:
+                if resp.status not in (200, 206):
+                    text = (await resp.read())[:200].decode("utf-8", "replace")
+                    raise TransportError(f"snapshot {index} from {node_id}: {resp.status} "
+                                         f"{text}", resp.status)
+                if resp.status == 200 and offset:
+                    raise TransportError(f"snapshot {index} from {node_id}: no range support")
+                # Into the page cache: quick enough for the loop (installing it fsyncs).
+                async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
+                    out.write(chunk)
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"snapshot {index} from {node_id}: {exc}") from exc
+        finally:
+            out.flush()
 
     # ---- helpers ----------------------------------------------------------------------
 

@@ -189,9 +189,9 @@ def commit_by_counting_any_term(self: core.Raft) -> None:
 def test_the_figure8_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the §5.4.2 rule the simulator finds Figure 8 (a committed entry missing
     from a later leader), though rarely: it takes a particular run of elections and
-    crashes (seed 1711 has one; about one seed in two thousand does)."""
+    crashes (seed 1162 has one; about one seed in four thousand does)."""
     monkeypatch.setattr(core.Raft, "_maybe_commit", commit_by_counting_any_term)
-    results = simulate.run_seeds(range(1706, 1716), jobs=2)  # forked workers inherit the patch
+    results = simulate.run_seeds(range(1157, 1167), jobs=2)  # forked workers inherit the patch
     violations = [r.violation for r in results if r.violation]
     assert any("Leader Completeness violated" in v for v in violations), violations
 
@@ -204,7 +204,8 @@ def test_a_violation_is_reported_with_its_trace_and_rerun_command(
     out = capsys.readouterr().out
     summary, report = out.split("\n", 1)
     assert "violations" in summary and "0 violations" not in summary
-    assert "VIOLATION in seed 0" in report and "Election Safety violated" in report
+    first = re.search(r"VIOLATION in seed (\d+)", report)
+    assert first is not None and "Election Safety violated" in report
     assert re.search(r"the last \d+ events", report)
     assert "deliver" in report and "becomes Leader" in report
-    assert "rerun: python tools/simulate.py --seeds 1 --start 0 --trace" in report
+    assert f"rerun: python tools/simulate.py --seeds 1 --start {first[1]} --trace" in report

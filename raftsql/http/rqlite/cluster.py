@@ -280,15 +280,15 @@ async def handle_remove(request: web.Request) -> web.Response:
 
 
 async def handle_snapshot(request: web.Request) -> web.Response:
-    """Snapshot this node's database and compact its log now (rqlite 8.26+): 200, or 204
-    when the latest snapshot already holds everything applied."""
+    """Snapshot this node's database and compact its log now (rqlite 8.26+), keeping
+    `trailing_logs` entries before it (default: --trailing-logs): 200, or 204 when the latest
+    snapshot already holds everything applied."""
     state = state_of(request)
     params = Params.parse(request.query)
-    if params.integer("trailing_logs", 0) != 0:
-        # Keeping log entries behind the snapshot needs a log that starts before it.
-        raise RequestError(400, "trailing_logs is not supported: raftsql compacts the whole "
-                           "applied log into the snapshot")
-    taken = await state.node.snapshot()
+    trailing = params.integer("trailing_logs", -1)
+    if trailing < -1:
+        raise RequestError(400, "trailing_logs must not be negative")
+    taken = await state.node.snapshot(None if trailing == -1 else trailing)
     return web.Response(status=200 if taken else 204)
 
 
