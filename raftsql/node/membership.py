@@ -42,11 +42,14 @@ class Membership:
 
     async def add(self, node_id: str, raft_addr: str, api_url: str, voter: bool,
                   timeout: float) -> None:
+        """Add a member, promote a learner (`voter`), or record a member's new addresses:
+        each goes through the log. A member with the same role and addresses is left alone
+        (joins are idempotent)."""
         conf = self._conf()
-        if self._book.peers.get(node_id) == (raft_addr, api_url) and (
-            node_id in (conf.voters if voter else conf.learners)
-        ):
-            return  # joins are idempotent
+        known = self._book.everyone().get(node_id)
+        if node_id in (conf.voters if voter else conf.learners) and known is not None and (
+                known[0] == raft_addr and known[1] in (api_url, "")):
+            return
         kind = ConfChangeType.ADD_VOTER if voter else ConfChangeType.ADD_LEARNER
         self._book.set_peer(node_id, raft_addr, api_url)
         await self._apply(ConfChange(kind, node_id, addr_context(raft_addr, api_url)), timeout)

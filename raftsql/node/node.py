@@ -291,7 +291,9 @@ class Node:
         self._spawn(self._run(), "raft")
         self._spawn(self._ticker(), "tick")
         self._spawn(self._membership.learn_api_urls(), "info")
-        if fresh and self.config.join:
+        if self.config.join:
+            # Also on a restart: a member that moved is re-added with its new addresses, and a
+            # read replica started without --non-voter is promoted (Membership.add).
             self._spawn(self._membership.join(self.config.join, not self.config.non_voter), "join")
         if self.conf.voters == (self.node_id,):
             self._call(lambda raft: raft.campaign())  # a single voter needs no election timeout

@@ -297,7 +297,8 @@ def test_cluster_secret_keeps_outsiders_out(tmp_path):
 
 def test_snapshots_compact_the_log_and_catch_up_a_follower_that_was_down(tmp_path):
     cluster = LocalCluster(3, str(tmp_path), extra_args=[
-        "--heartbeat-ms", "50", "--election-ms", "500", "--snapshot-threshold", "40"])
+        "--heartbeat-ms", "50", "--election-ms", "500", "--snapshot-threshold", "40",
+        "--trailing-logs", "10"])
     cluster.start()
     try:
         leader = cluster.leader(timeout=30)

@@ -105,6 +105,11 @@ def test_refused_changes() -> None:
     a = net.elect("a")
     assert net.raft("a").propose_conf_change(ConfChange(REMOVE, "a")) is None  # last voter
     assert a.propose_conf_change(ConfChange(ADD, "a")) is None  # no-op
+    assert a.propose_conf_change(ConfChange(LEARNER, "zz", b"addr")) is not None
+    net.settle()
+    assert a.commit_index == a.last_index
+    assert a.propose_conf_change(ConfChange(LEARNER, "zz")) is None  # no-op
+    assert a.propose_conf_change(ConfChange(LEARNER, "zz", b"addr2")) is not None  # address
     assert a.propose_conf_change(ConfChange(REMOVE, "zz")) is None  # not a member
     net = Network(ABC)
     assert net.raft("b").propose_conf_change(ConfChange(ADD, "d")) is None  # not leader
@@ -242,3 +247,19 @@ def test_torn_bootstrap_is_written_again() -> None:
     net.tick(n=2)
     assert net.log("a") == net.log("b") == net.log("c")
     assert net.nodes["a"].data == [b"x"]
+
+
+def test_re_adding_a_member_with_a_new_context_goes_through_the_log() -> None:
+    """A member that moved to a new address re-joins: its ADD (same role, new context) is
+    appended and committed like a change, so every node learns the address, while the
+    membership stays the same."""
+    net = Network(ABC)
+    a = net.elect("a")
+    index = a.propose_conf_change(ConfChange(ADD, "c", b"new-address"))
+    assert index is not None and a.conf.voters == ABC
+    net.settle()
+    net.tick(n=2)
+    for n in ABC:
+        entry = net.raft(n).entries(index, index + 1)[0]
+        assert ConfChange.decode(entry.data) == ConfChange(ADD, "c", b"new-address")
+        assert net.raft(n).conf.voters == ABC and net.raft(n).commit_index >= index
