@@ -16,10 +16,12 @@ from raftsql.http.app import DEFAULT_MAX_BODY_BYTES, make_app
 from raftsql.kv.machine import HISTORY, KvMachine
 from raftsql.kv.service import KvLimits, KvService
 from raftsql.node import Node, NodeConfig
+from raftsql.node.recovery import Recovered, force_membership
 from raftsql.sql.autobackup import AutoBackup
 from raftsql.sql.database import Database
 from raftsql.sql.service import KEY_CAPACITY, KEY_WINDOW, SqlService
 from raftsql.sql.sidecar import SIDECAR_SUFFIX
+from raftsql.storage.lock import lock_data_dir
 from raftsql.transport.rpc import serve_app
 from raftsql.transport.websocket import Transport
 
@@ -41,14 +43,35 @@ class ServerConfig:
     backup_compress: bool = False
 
 
+def open_state_machine(data_dir: str, fk: bool = False,
+                       kv_history: int = HISTORY) -> tuple[Database, KvMachine]:
+    """The state machine `raftsql serve` replicates: DATA_DIR/db.sqlite, with the config
+    store's extension (also what `raftsql recover` applies the log to)."""
+    os.makedirs(data_dir, exist_ok=True)
+    machine = KvMachine(history=kv_history)
+    return Database(os.path.join(data_dir, "db.sqlite"), fk=fk, extension=machine), machine
+
+
+def recover(data_dir: str, node_id: str, voters: dict[str, str]) -> Recovered:
+    """`raftsql recover`: force `voters` as the membership of the stopped node in `data_dir`
+    (raftsql/node/recovery.py)."""
+    unlock = lock_data_dir(data_dir)
+    try:
+        database, _ = open_state_machine(data_dir)
+        try:
+            return force_membership(data_dir, node_id, database, voters)
+        finally:
+            database.close()
+    finally:
+        unlock()
+
+
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         nc = config.node
-        os.makedirs(nc.data_dir, exist_ok=True)
-        self.machine = KvMachine(history=config.kv_history)
-        self.database = Database(os.path.join(nc.data_dir, "db.sqlite"), fk=config.fk,
-                                 extension=self.machine)
+        self.database, self.machine = open_state_machine(nc.data_dir, config.fk,
+                                                         config.kv_history)
         self.transport = Transport(nc.node_id, secret=nc.cluster_secret, api_url=nc.api_url)
         self.node = Node(nc, self.database, transport=self.transport)
         self.sql = SqlService(self.node, self.database, fk=config.fk,

@@ -11,7 +11,7 @@ import zlib
 import pytest
 
 from raftsql.errors import StorageError, TransportError
-from raftsql.node.snapshots import Header, SnapshotReceiver
+from raftsql.node.snapshots import Header, SnapshotReceiver, sent_from
 from raftsql.raft.messages import Message, MessageType, Snapshot, SnapshotMeta
 from raftsql.storage.snapshots import SnapshotFiles, checksum
 
@@ -19,9 +19,10 @@ STATE = os.urandom(300_000)
 
 
 def snapshot_message(state: bytes = STATE, index: int = 7, term: int = 2) -> Message:
-    header = Header({"n1": {"raft_addr": "x"}}, len(state), zlib.crc32(state))
-    return Message(MessageType.SNAPSHOT, "n2", "n1", term=term,
-                   snapshot=Snapshot(SnapshotMeta(index, term), header.encode()))
+    header = Header({"n1": ["10.0.0.9:4002", ""]}, len(state), zlib.crc32(state))
+    m = Message(MessageType.SNAPSHOT, "n2", "n1", term=term,
+                snapshot=Snapshot(SnapshotMeta(index, term), header.encode()))
+    return sent_from(m, "10.0.0.1:4002")  # as the sender's node does
 
 
 class Leader:
@@ -32,7 +33,8 @@ class Leader:
         self.state, self.cut_at, self.corrupt_once, self.gone = state, cut_at, corrupt_once, gone
         self.offsets: list[int] = []
 
-    async def fetch(self, node_id: str, index: int, term: int, offset: int, out) -> None:
+    async def fetch(self, raft_addr: str, index: int, term: int, offset: int, out) -> None:
+        assert raft_addr == "10.0.0.1:4002"  # the sender's, not the snapshot maker's
         self.offsets.append(offset)
         if self.gone:
             raise TransportError("no such snapshot", 404)
@@ -106,7 +108,7 @@ async def test_a_newer_snapshot_replaces_an_older_download(tmp_path):
     delivered: list[Message] = []
     slow = asyncio.Event()
 
-    async def fetch(node_id, index, term, offset, out):
+    async def fetch(raft_addr, index, term, offset, out):
         if index == 7:
             await slow.wait()  # never set: the older download hangs
         out.write(STATE)

@@ -280,6 +280,7 @@ def test_corrupt_snapshot_refuses_to_open_and_to_load(fs_dir):
     s = Storage(path, fs)  # the meta is fine
     with pytest.raises(StorageError, match="snapshot data"):
         s.load_snapshot()
+    s.close()
     fs.write_atomic(f"{path}/snapshot", [flip(raw, 20)])  # in the meta
     with pytest.raises(StorageError, match="snapshot header"):
         Storage(path, fs)
@@ -735,3 +736,4 @@ def test_storage_fails_for_good_after_an_io_error():
         s.sync()  # never retried: the kernel may have dropped the dirty pages
     with pytest.raises(StorageError):
         s.append(ents(3, 3))
+

@@ -229,6 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("url", metavar="URL", help="any node (or several, comma-separated)")
     restore.add_argument("file", metavar="FILE")
 
+    recover = sub.add_parser(
+        "recover", formatter_class=defaults,
+        help="disaster recovery: force a new membership on a stopped node",
+        description="For a cluster that lost its quorum for good: make --voters the "
+        "membership of the stopped node in --data-dir. Every entry its log holds is applied, "
+        "committed or not, and becomes a snapshot with the new membership. Run it on each "
+        "survivor with the same --voters, then start them as before; see "
+        "docs/operations.md#disaster-recovery.")
+    recover.add_argument("--data-dir", required=True, help="the stopped node's data directory")
+    recover.add_argument("--node-id", required=True, help="the node's id")
+    recover.add_argument("--voters", type=_cluster, required=True, metavar="ID=HOST:PORT,...",
+                         help="the new membership, by Raft address: the survivors")
+
     status = sub.add_parser("status", formatter_class=defaults, help="the cluster at a glance",
                             description="Members, leader, term, indexes, each follower's lag "
                             "and each node's latest snapshot, from every member's /status.")
@@ -268,9 +281,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         from raftsql.cli.status import main_status
 
         return main_status(args.url, args.json)
+    if args.command == "recover":
+        return _recover(args)
     if args.command == "serve":
         return _serve(args, stop)
     return _run_cluster(args, stop)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from raftsql.errors import RaftSQLError
+    from raftsql.server import recover
+
+    try:
+        done = recover(args.data_dir, args.node_id, args.voters)
+    except RaftSQLError as e:
+        print(f"raftsql recover: {e}", file=sys.stderr)
+        return 1
+    entries = "entry" if done.applied == 1 else "entries"
+    print(f"{args.data_dir}: snapshot at index {done.index} (term {done.term}) with voters "
+          f"{', '.join(done.voters)}; {done.applied} {entries} applied now, {done.uncommitted} "
+          "beyond the commit index this node knew. Start the node as before.")
+    return 0
 
 
 def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:

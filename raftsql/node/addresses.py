@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,12 @@ class AddressBook:
         if known is None or known[0] != raft_addr:
             for listener in self._listeners:
                 listener(node_id, raft_addr)
+        self._save()
+
+    def keep_only(self, node_ids: Iterable[str]) -> None:
+        """Forget every peer but these (a membership forced by disaster recovery)."""
+        keep = set(node_ids)
+        self.peers = {i: addrs for i, addrs in self.peers.items() if i in keep}
         self._save()
 
     def note_conf_entries(self, entries: Sequence[Entry]) -> None:

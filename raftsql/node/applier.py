@@ -111,7 +111,7 @@ class Applier:
         """Bring the state machine up to the stored snapshot; set the applied index."""
         recover = getattr(self._sm, "recover", None)
         if recover is not None:
-            recover(storage.last_index, functools.partial(_stored_after, storage))
+            recover(storage.last_index, functools.partial(stored_after, storage))
         meta = storage.snapshot_meta
         self.snapshot_index = meta.index
         if self._sm.applied_index() < meta.index:
@@ -354,7 +354,7 @@ class Applier:
         return header.peers
 
 
-def _stored_after(storage: Storage, index: int) -> list[tuple[int, bytes]] | None:
+def stored_after(storage: Storage, index: int) -> list[tuple[int, bytes]] | None:
     """The stored commands (index, data) after `index`; None when some are compacted away."""
     if index < storage.first_index - 1:
         return None

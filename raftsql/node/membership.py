@@ -93,9 +93,14 @@ class Membership:
         while True:
             for addr in list(targets):
                 try:
+                    # Know the member first: the change cannot commit without this node's
+                    # answers when it makes the quorum (a single node growing to two), and
+                    # answers go to members whose addresses it knows.
+                    info = await self._peers.call(addr, "info", {}, timeout=5.0)
+                    book.set_peer(str(info["id"]), str(info["raft_addr"]), str(info["api_url"]))
                     reply = await self._peers.call(addr, "join", payload, timeout=15.0)
-                except (TimeoutError, RaftSQLError, OSError) as e:
-                    self._log("join attempt failed", target=addr, error=str(e))
+                except (TimeoutError, RaftSQLError, OSError, KeyError) as e:
+                    self._log("join attempt failed", target=addr, error=str(e) or repr(e))
                     continue
                 if reply.get("ok"):
                     # Until the log tells it, the new member knows nobody to answer to.

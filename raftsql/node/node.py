@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -47,7 +48,7 @@ from raftsql.node.metrics import NodeMetrics
 from raftsql.node.persist import PersistThread
 from raftsql.node.proposals import Proposals
 from raftsql.node.reads import Reads
-from raftsql.node.snapshots import SnapshotReceiver
+from raftsql.node.snapshots import SnapshotReceiver, sent_from
 from raftsql.node.waiting import Applied, Deadlines
 from raftsql.raft.core import Raft
 from raftsql.raft.messages import (
@@ -63,6 +64,7 @@ from raftsql.raft.messages import (
 )
 from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.storage import Storage, attach_snapshot, trailing_base, write_persist
+from raftsql.storage.lock import lock_data_dir
 from raftsql.storage.log import SNAPSHOT_NAME
 from raftsql.storage.snapshots import SnapshotFiles
 
@@ -103,7 +105,7 @@ class PeerTransport(Protocol):
              attach_snapshot: Callable[[Message], Message | None],
              snapshot_file: Callable[[int, int], str | None],
              on_peer_api: Callable[[str, str], None]) -> None: ...
-    async def fetch_snapshot(self, node_id: str, index: int, term: int, offset: int,
+    async def fetch_snapshot(self, raft_addr: str, index: int, term: int, offset: int,
                              out: BinaryIO) -> None: ...
     def set_peer(self, node_id: str, raft_addr: str) -> None: ...
     def send(self, messages: list[Message]) -> None: ...
@@ -146,6 +148,7 @@ class Node:
         self._ticks = 0
         self._last_contact: float | None = None
         self._stopped = asyncio.Event()
+        self._unlock: Callable[[], None] = lambda: None  # the data directory's lock
         self._failed = asyncio.Event()
         self.failure: Exception | None = None
         self.role = Role.FOLLOWER
@@ -263,7 +266,7 @@ class Node:
     # ---- lifecycle ----------------------------------------------------------------
 
     async def start(self) -> None:
-        os.makedirs(self.config.data_dir, exist_ok=True)
+        self._unlock = lock_data_dir(self.config.data_dir)
         raft_dir = os.path.join(self.config.data_dir, "raft")
         storage = self._storage = await self._persist.run(Storage, raft_dir)
         hs = storage.hard_state
@@ -280,7 +283,7 @@ class Node:
                     os.path.join(raft_dir, SNAPSHOT_NAME))
         self._raft = self._make_raft(storage, bootstrap=fresh and not self.config.join)
         transport = self._transport
-        transport.bind(self._deliver, attach_snapshot=lambda m: attach_snapshot(storage, m),
+        transport.bind(self._deliver, attach_snapshot=functools.partial(self._attach, storage),
                        snapshot_file=self._snapshot_file, on_peer_api=self.book.note_api_url)
         transport.on_rpc("join", self._membership.on_join)
         transport.on_rpc("info", self._membership.on_info)
@@ -319,6 +322,7 @@ class Node:
             if unsynced is not None and self.failure is None:
                 self._storage.set_hard_state(unsynced)
             self._storage.close()
+        self._unlock()
         self._stopped.set()
         self._log("stopped")
 
@@ -437,6 +441,11 @@ class Node:
     def _deliver_admitted(self, m: Message) -> None:
         self._inbox.append(m)
         self._wake.set()
+
+    def _attach(self, storage: Storage, m: Message) -> Message | None:
+        """A SNAPSHOT message leaving: the stored snapshot, fetched from this node."""
+        attached = attach_snapshot(storage, m)
+        return None if attached is None else sent_from(attached, self.book.raft_addr)
 
     def _snapshot_file(self, index: int, term: int) -> str | None:
         """The state of snapshot (index, term), for a follower fetching it."""

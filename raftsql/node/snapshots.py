@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import orjson
@@ -32,7 +32,15 @@ log = logging.getLogger("raftsql.node")
 SNAPSHOT_VERSION = 2  # of the header; 1 held the state inline
 RETRY_MIN, RETRY_MAX = 0.2, 2.0  # seconds between attempts to fetch a state
 
-Fetch = Callable[[str, int, int, int, BinaryIO], Awaitable[None]]
+Fetch = Callable[[str, int, int, int, BinaryIO], Awaitable[None]]  # (raft address, index, ...)
+
+
+def sent_from(m: Message, raft_addr: str) -> Message:
+    """A SNAPSHOT message about to leave, naming where its state can be fetched: here (a
+    new node may not know the sender's address yet, nor may it be the snapshot's maker)."""
+    assert m.snapshot is not None
+    header = replace(Header.decode(m.snapshot.data, m.snapshot.meta.index), source=raft_addr)
+    return replace(m, snapshot=replace(m.snapshot, data=header.encode()))
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,11 @@ class Header:
     peers: dict[str, Any]
     size: int  # of the state file
     crc: int  # CRC-32 of the state file
+    source: str = ""  # the Raft address to fetch it from: set by whoever sends the snapshot
 
     def encode(self) -> bytes:
         return orjson.dumps({"v": SNAPSHOT_VERSION, "peers": self.peers, "size": self.size,
-                             "crc": self.crc})
+                             "crc": self.crc, "source": self.source})
 
     @staticmethod
     def decode(data: bytes, index: int) -> Header:
@@ -51,7 +60,8 @@ class Header:
             header = orjson.loads(data)
             version = header.get("v")
             if version == SNAPSHOT_VERSION:
-                return Header(dict(header["peers"]), int(header["size"]), int(header["crc"]))
+                return Header(dict(header["peers"]), int(header["size"]), int(header["crc"]),
+                              str(header.get("source", "")))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise StorageError(f"snapshot {index}: unreadable header ({e})") from None
         raise StorageError(f"snapshot {index}: unsupported version {version!r} (this node "
@@ -111,7 +121,7 @@ class SnapshotReceiver:
         delay = RETRY_MIN
         while True:
             try:
-                if await self._download(m.frm, index, term, part, header):
+                if await self._download(header.source, index, term, part, header):
                     break
             except TransportError as e:
                 if e.status == 404:
@@ -131,7 +141,7 @@ class SnapshotReceiver:
                  header.size, m.frm)
         self._deliver(m)
 
-    async def _download(self, frm: str, index: int, term: int, part: str,
+    async def _download(self, source: str, index: int, term: int, part: str,
                         header: Header) -> bool:
         """Fetch what is missing of the state into `part`; True once it is complete and
         its checksum is right (a wrong one starts the download over)."""
@@ -141,14 +151,14 @@ class SnapshotReceiver:
             have = 0
         if have < header.size:
             with open(part, "ab") as out:
-                await self._fetch(frm, index, term, have, out)
+                await self._fetch(source, index, term, have, out)
             if os.path.getsize(part) < header.size:
                 return False  # cut short: resume from there
         size, crc = await asyncio.to_thread(checksum, part)
         if (size, crc) == (header.size, header.crc):
             return True
         log.warning("node=%s snapshot %d from %s: got %d bytes with CRC %08x, expected %d "
-                    "bytes with CRC %08x; fetching it again", self._name, index, frm, size,
+                    "bytes with CRC %08x; fetching it again", self._name, index, source, size,
                     crc, header.size, header.crc)
         os.remove(part)
         return False

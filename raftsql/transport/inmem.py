@@ -107,21 +107,21 @@ class InMemoryTransport:
             result: dict[str, Any] = await to._rpc[name](dict(payload))
             return result
 
-    async def fetch_snapshot(self, node_id: str, index: int, term: int, offset: int,
+    async def fetch_snapshot(self, raft_addr: str, index: int, term: int, offset: int,
                              out: BinaryIO) -> None:
         """As the WebSocket transport's: the peer's state file from `offset`, a chunk per
         turn of the loop (a cut link stops it, leaving what arrived)."""
-        to = self._network._route(self, self._peers.get(node_id, ""))
+        to = self._network._route(self, raft_addr)
         path = None if to is None else to._snapshot_file(index, term)
         if to is None or path is None:
-            raise TransportError(f"snapshot {index} from {node_id}: "
+            raise TransportError(f"snapshot {index} from {raft_addr}: "
                                  f"{'unreachable' if to is None else 'not there'}",
                                  None if to is None else 404)
         with open(path, "rb") as f:
             f.seek(offset)
             while chunk := f.read(1 << 16):
                 if self._network._route(self, to.addr) is None:
-                    raise TransportError(f"snapshot {index} from {node_id}: link cut")
+                    raise TransportError(f"snapshot {index} from {raft_addr}: link cut")
                 out.write(chunk)
                 await asyncio.sleep(0)
         out.flush()

@@ -591,16 +591,13 @@ class Transport:
             return text_response(404, f"no snapshot {index} of term {term} here")
         return web.FileResponse(path, chunk_size=256 * 1024)  # answers Range with 206
 
-    async def fetch_snapshot(self, node_id: str, index: int, term: int, offset: int,
+    async def fetch_snapshot(self, raft_addr: str, index: int, term: int, offset: int,
                              out: BinaryIO) -> None:
-        """Append the state of snapshot (index, term) from byte `offset` on, as peer `node_id`
-        has it, to `out`. TransportError (status 404: it no longer has it); whatever arrived
-        before a failure stays written, to resume from."""
-        peer = self._peers.get(node_id)
-        if peer is None:
-            raise TransportError(f"no address for peer {node_id}")
+        """Append the state of snapshot (index, term) from byte `offset` on, as the peer at
+        `raft_addr` has it, to `out`. TransportError (status 404: it no longer has it);
+        whatever arrived before a failure stays written, to resume from."""
         session = self._session_or_new()
-        url = f"{self._scheme}://{peer.addr}/raft/snapshot/{index}/{term}"
+        url = f"{self._scheme}://{raft_addr}/raft/snapshot/{index}/{term}"
         headers = {**self._headers, "Range": f"bytes={offset}-"}
         try:
             async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(
@@ -608,15 +605,15 @@ class Transport:
                     ssl=self._ssl if self._ssl is not None else True) as resp:
                 if resp.status not in (200, 206):
                     text = (await resp.read())[:200].decode("utf-8", "replace")
-                    raise TransportError(f"snapshot {index} from {node_id}: {resp.status} "
+                    raise TransportError(f"snapshot {index} from {raft_addr}: {resp.status} "
                                          f"{text}", resp.status)
                 if resp.status == 200 and offset:
-                    raise TransportError(f"snapshot {index} from {node_id}: no range support")
+                    raise TransportError(f"snapshot {index} from {raft_addr}: no range support")
                 # Into the page cache: quick enough for the loop (installing it fsyncs).
                 async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
                     out.write(chunk)
         except aiohttp.ClientError as exc:
-            raise TransportError(f"snapshot {index} from {node_id}: {exc}") from exc
+            raise TransportError(f"snapshot {index} from {raft_addr}: {exc}") from exc
         finally:
             out.flush()
 

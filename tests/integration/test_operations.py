@@ -7,6 +7,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -209,5 +212,53 @@ def test_a_read_replica_follows_leader_changes_and_is_promoted(tmp_path):
         cluster.start_node(replica, *join)
         eventually(lambda: raft_status(cluster, cluster.leader())["voters"] == 4)
         eventually(lambda: raft_status(cluster, replica)["voters"] == 4)
+    finally:
+        cluster.stop()
+
+
+def recover_cmd(cluster: LocalCluster, node_id: str, *voters: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "raftsql", "recover", "--data-dir",
+         os.path.join(cluster.base_dir, node_id), "--node-id", node_id, "--voters",
+         ",".join(f"{v}={cluster.raft_addr(v)}" for v in voters)],
+        capture_output=True, text=True, timeout=60)
+
+
+def test_disaster_recovery_from_one_survivor(tmp_path):
+    cluster = cluster_of(tmp_path, 3, "--snapshot-threshold", "40", "--trailing-logs", "10")
+    try:
+        execute(cluster.url(cluster.leader()), ["CREATE TABLE acked (v INTEGER)"])
+        writer = Writer(cluster)
+        writer.start()
+        eventually(lambda: len(writer.acked) >= 100, timeout=30)
+        survivor = "n1"
+        lost = [i for i in cluster.ids if i != survivor]
+        for node_id in lost:  # gone for good, with their disks
+            cluster.kill(node_id)
+            shutil.rmtree(os.path.join(str(tmp_path), node_id))
+        acked = set(writer.finish())
+        code, body = http("POST", cluster.url(survivor) + "/db/execute?timeout=2s",
+                          [["INSERT INTO acked VALUES(?)", -1]], timeout=10)
+        assert code != 200  # no quorum: nothing is acknowledged
+        refused = recover_cmd(cluster, survivor, survivor)
+        assert refused.returncode == 1 and "in use" in refused.stderr  # not while it runs
+        cluster.kill(survivor)
+        done = recover_cmd(cluster, survivor, survivor)
+        assert done.returncode == 0, done.stderr
+        assert "with voters n1" in done.stdout
+        cluster.start_node(survivor)  # the same command line as before
+        assert cluster.leader(among=[survivor], timeout=30) == survivor
+        assert acked <= committed_values(cluster, survivor)  # every acknowledged write
+        execute(cluster.url(survivor), [["INSERT INTO acked VALUES(?)", -2]])
+        raft = raft_status(cluster, survivor)
+        assert raft["voters"] == 1
+        # The cluster grows again from the survivor: fresh nodes join it.
+        for node_id in lost:
+            cluster.start_node(node_id, "--join", cluster.raft_addr(survivor))
+        eventually(lambda: raft_status(cluster, survivor)["voters"] == 3, timeout=30)
+        for node_id in lost:
+            eventually(lambda n=node_id: -2 in committed_values(cluster, n))
+        dumps = stopped_dumps(cluster, str(tmp_path))
+        assert dumps[0] == dumps[1] == dumps[2]
     finally:
         cluster.stop()
