@@ -12,7 +12,7 @@ import sys
 import apsw
 import pytest
 
-from raftsql.sql import backup
+from raftsql.sql import backup, load
 from tests.fakes import FakeFollower, FakeNode, Member, fake_app
 
 SCHEMA = [
@@ -259,7 +259,7 @@ async def test_a_backup_dump_round_trips_through_load(pair, tmp_path, aiohttp_se
 
 
 @pytest.mark.parametrize("body, status, message", [
-    (b"SQLite format 3\x00" + bytes(100), 501, "loading a SQLite file is not supported yet"),
+    (b"SQLite format 3\x00" + bytes(100), 400, "not a SQLite database: "),
     (b"\xff\xfe", 400, "the body is neither a SQLite file nor SQL text (UTF-8)"),
     (b"  \n", 400, "empty SQL dump"),
     (b"BEGIN TRANSACTION;\nCOMMIT;\n", 400, "empty SQL dump"),
@@ -269,6 +269,28 @@ async def test_loads_that_are_refused_say_why(pair, body: bytes, status: int,
     resp = await pair.fc.post("/db/load", data=body)
     assert resp.status == status and message in await resp.text()
     assert contents(pair.leader.database.path) == ([], {})
+
+
+async def test_a_sqlite_file_loads_through_a_follower_in_chunks(pair, tmp_path,
+                                                                monkeypatch) -> None:
+    monkeypatch.setattr(load, "CHUNK_BYTES", 16 * 1024)
+    await fill(pair.lc)  # replaced whole
+    path = str(tmp_path / "outside.db")
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE big (id INTEGER PRIMARY KEY, pad TEXT);"
+                     "CREATE INDEX big_pad ON big(pad);")
+    db.executemany("INSERT INTO big(pad) VALUES (?)", [(f"{i:06d}" * 50,) for i in range(500)])
+    db.commit()
+    db.close()
+    assert os.path.getsize(path) > 10 * 16 * 1024
+    with open(path, "rb") as f:
+        resp = await pair.fc.post("/db/load", data=f)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json()) == {"results": []}
+    assert contents(pair.leader.database.path) == contents(path)
+    resp = await pair.fc.post("/db/load", data=b"SQLite format 3\x00" + os.urandom(5000))
+    assert resp.status == 400 and "not a SQLite database" in await resp.text()
+    assert contents(pair.leader.database.path) == contents(path)
 
 
 async def test_a_resent_load_with_its_key_applies_once(pair, tmp_path) -> None:

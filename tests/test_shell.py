@@ -272,17 +272,24 @@ def test_backup_saves_the_clusters_database(url: str, tmp_path: Path) -> None:
         (42,)]
 
 
-def test_restore_loads_a_dump_and_says_why_a_file_is_refused(url: str, tmp_path: Path
-                                                              ) -> None:
+def test_restore_loads_a_dump_or_a_database_file(url: str, tmp_path: Path) -> None:
     dump_file = tmp_path / "d.sql"
     dump_file.write_text("BEGIN TRANSACTION;\nCREATE TABLE restored(x);\n"
                          "INSERT INTO restored VALUES(7);\nCOMMIT;\n")
     ok(url, f".restore {dump_file}\n")
     assert rows(url, "SELECT x FROM restored") == [[7]]
     db_file = tmp_path / "f.db"
-    sqlite3.connect(db_file).execute("CREATE TABLE f(x)").connection.commit()
-    code, _, err = run(url, f".restore {db_file}\n")
-    assert code == 1 and "loading a SQLite file is not supported yet" in err
+    conn = sqlite3.connect(db_file)
+    conn.execute("CREATE TABLE f(x)")
+    conn.execute("INSERT INTO f VALUES (8)")
+    conn.commit()
+    ok(url, f".restore {db_file}\n")  # replaces the whole database
+    assert rows(url, "SELECT x FROM f") == [[8]]
+    code, _, err = run(url, "SELECT x FROM restored;\n")
+    assert code == 1 and "no such table: restored" in err
+    (tmp_path / "bad.db").write_bytes(b"SQLite format 3\x00" + bytes(300))
+    code, _, err = run(url, f".restore {tmp_path / 'bad.db'}\n")
+    assert code == 1 and "not a SQLite database" in err
 
 
 # ---- rqlite's commands, and the base class's that do not apply

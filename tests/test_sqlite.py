@@ -272,7 +272,7 @@ def test_the_schema_is_exactly_the_users(tmp_path):
     # A snapshot also carries the idempotency keys (raftsql/sql/keys.py), under names user SQL
     # may not create; restoring takes them out again (below).
     snap = user_schema(str(tmp_path / "snap.sqlite"))
-    assert snap[0] == [("table", "raftsql_keys"), ("table", "t")]
+    assert snap[0] == [("table", "raftsql_keys"), ("table", "raftsql_load_chunks"), ("table", "t")]
     with Database(path) as d:
         assert d.applied_index() == 3 and user_schema(path) == expected
     with Database(str(tmp_path / "b.sqlite")) as b:

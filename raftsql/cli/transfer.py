@@ -65,6 +65,7 @@ def restore(urls: str | None, path: str, *, timeout: float = 600.0,
         if errors:
             raise TransferError(f"the dump was not loaded (nothing of it was applied): "
                                 f"{errors[0]}")
+        # A database file answers {"results": []}, or 400 (above) when the nodes refused it.
         return size
 
     return _first_node(urls, timeout, send)

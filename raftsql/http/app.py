@@ -60,6 +60,7 @@ def _add_routes(r: web.UrlDispatcher) -> None:
     r.add_post("/db/request", routes_db.handle_request)
     r.add_get("/db/backup", routes_backup.handle_backup)
     r.add_post("/db/load", routes_db.handle_load)
+    r.add_post("/boot", routes_db.handle_boot)
     r.add_get("/status", routes_cluster.handle_status)
     r.add_get("/nodes", routes_cluster.handle_nodes)
     r.add_get("/readyz", routes_cluster.handle_readyz)

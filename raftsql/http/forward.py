@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import BinaryIO
 
 import aiohttp
 from aiohttp import web
@@ -61,8 +62,13 @@ class _MaybeDelivered(Exception):
     """The request may have reached the leader: sending it again could apply it twice."""
 
 
+# What a forwarded request carries: its body, or a function opening the file it is in (a
+# staged upload, streamed to the leader, opened afresh for each attempt).
+Body = bytes | Callable[[], BinaryIO]
+
+
 async def on_leader(
-    state: ApiState, request: web.Request, body: bytes,
+    state: ApiState, request: web.Request, body: Body,
     serve: Callable[[], Awaitable[web.StreamResponse]], route: Route, *, redirect: bool,
     timeout: float, pretty: bool = False, stream: bool = False,
 ) -> web.StreamResponse:
@@ -140,15 +146,16 @@ def _redirect(url: str, request: web.Request, json_errors: bool) -> web.Response
 
 
 async def _proxy(state: ApiState, request: web.Request, leader_url: str, leader_id: str | None,
-                 body: bytes, *, timeout: float, stream: bool = False) -> web.StreamResponse:
+                 body: Body, *, timeout: float, stream: bool = False) -> web.StreamResponse:
     url = URL(leader_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
     headers = {k: request.headers[k] for k in _PASSED_HEADERS if k in request.headers}
     headers[FORWARDED_HEADER] = str(state.node.node_id)
     connect = min(timeout, _CONNECT_TIMEOUT)
     limits = (aiohttp.ClientTimeout(sock_connect=connect, sock_read=timeout) if stream
               else aiohttp.ClientTimeout(total=timeout, sock_connect=connect))
+    data = body() if callable(body) else body or None
     try:
-        async with state.client.request(request.method, url, data=body or None, headers=headers,
+        async with state.client.request(request.method, url, data=data, headers=headers,
                                         allow_redirects=False, timeout=limits) as resp:
             if resp.headers.get(NOT_LEADER_HEADER):
                 raise _NotDelivered("it is no longer the leader")
@@ -160,6 +167,9 @@ async def _proxy(state: ApiState, request: web.Request, leader_url: str, leader_
         raise _NotDelivered(_describe(e)) from None  # no connection: nothing was sent
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
         raise _MaybeDelivered(_describe(e)) from None
+    finally:
+        if callable(body):
+            data.close()  # type: ignore[union-attr]
 
 
 async def _pass_on(request: web.Request, resp: aiohttp.ClientResponse, headers: dict[str, str]

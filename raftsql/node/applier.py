@@ -66,6 +66,7 @@ class Work(enum.Enum):
 
     APPLY = "apply"
     RESTORE = "restore"
+    BOOT = "boot"
     CHECKPOINT = "checkpoint"
     SNAPSHOT = "snapshot"
 
@@ -105,6 +106,7 @@ class Applier:
         self.applied_term = 0
         self._snapshot_waiters: list[asyncio.Future[None]] = []  # snapshot_now() callers
         self._trailing: int | None = None  # what the latest snapshot_now() asked to keep
+        self._forced = False  # a snapshot_now(force=True) is waiting
         self._snapshotting: asyncio.Task[None] | None = None
 
     async def recover(self, storage: Storage) -> None:
@@ -159,6 +161,10 @@ class Applier:
                 del backlog[0]
                 self._on_thread(work, payload, functools.partial(self._restore, payload))
                 return
+            if work is Work.BOOT:
+                del backlog[0]
+                self._on_thread(work, payload, functools.partial(self._boot, payload[0]))
+                return
             n = 1
             while n < len(backlog) and backlog[n][0] is Work.APPLY:
                 n += 1
@@ -174,7 +180,7 @@ class Applier:
                 return
             self._after_apply(entries, results)
         if self._snapshot_waiters and not self._busy and not self._halted:
-            if self._applied.index > self.snapshot_index:
+            if self._applied.index > self.snapshot_index or self._forced:
                 self._start_snapshot()
             else:  # the snapshot just taken holds everything applied
                 for fut in self._snapshot_waiters:
@@ -198,6 +204,8 @@ class Applier:
         if work is Work.RESTORE:
             self._book.update(fut.result())
             self._set_applied(payload.meta.index, payload.meta.term)
+        elif work is Work.BOOT:
+            payload[1].set_result(fut.result())
         elif work is Work.APPLY:
             self._after_apply(payload, fut.result())
         self._apply_next()
@@ -272,15 +280,36 @@ class Applier:
 
     # ---- snapshots ----------------------------------------------------------------
 
-    async def snapshot_now(self, trailing: int | None = None) -> bool:
+    async def boot(self, path: str) -> str | None:
+        """Replace the state with the file at `path` at the applied index, bypassing the log
+        (/boot, a single-node cluster only: no other node holds the old state), then snapshot
+        it with nothing trailing, so the log never replays what came before. Why the file
+        was refused, or None."""
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.queue(Work.BOOT, (path, fut))
+        refused = await fut
+        if refused is None:
+            await self.snapshot_now(trailing=0, force=True)
+        return refused
+
+    def _boot(self, path: str) -> str | None:
+        try:
+            self._sm.restore(path, self._sm.applied_index())
+        except ValueError as e:
+            return str(e)
+        return None
+
+    async def snapshot_now(self, trailing: int | None = None, force: bool = False) -> bool:
         """Snapshot what is applied and compact the log now (POST /snapshot), keeping
         `trailing` entries before it (None: the default); False, doing nothing, when the
-        latest snapshot already holds everything applied."""
+        latest snapshot already holds everything applied (unless `force`: the state changed
+        at the same index, a boot)."""
         if self._halted:
             raise RaftSQLError("node stopped")
-        if self._applied.index <= self.snapshot_index:
+        if self._applied.index <= self.snapshot_index and not force:
             return False
         self._trailing = trailing
+        self._forced |= force
         fut = asyncio.get_running_loop().create_future()
         self._snapshot_waiters.append(fut)
         if not self._busy:
@@ -298,6 +327,7 @@ class Applier:
     async def _take_snapshot(self) -> None:
         index, term = self._applied.index, self.applied_term
         trailing, self._trailing = self._trailing, None
+        self._forced = False
         start = perf_counter()
         loop = asyncio.get_running_loop()
         header = await loop.run_in_executor(self._pool, self._write_state, index, term)

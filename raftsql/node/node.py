@@ -380,6 +380,19 @@ class Node:
         everything applied."""
         return await self._applier.snapshot_now(trailing)
 
+    async def boot(self, path: str) -> str | None:
+        """Replace the state machine's state with the file at `path`, bypassing the log, then
+        snapshot (rqlite's /boot): a single-node cluster only, where no other node holds the
+        state it replaces. Why the file was refused, or None."""
+        if not self.is_leader:
+            raise self._not_leader()
+        conf = self.conf
+        if conf.voters != (self.node_id,) or conf.learners:
+            raise ClusterError(f"boot is for a single-node cluster, and this one has "
+                               f"{len(conf.members())} members: load the file through the log "
+                               "with POST /db/load")
+        return await self._applier.boot(path)
+
     async def remove_member(self, node_id: str, timeout: float = 10.0) -> None:
         await self._membership.remove(node_id, timeout)
 

@@ -158,10 +158,10 @@ class DataCommands:
         self.say(f"wrote {len(response.body)} bytes to {cmd[0]}")
 
     def command_restore(self, cmd: list[str]) -> None:
-        """restore FILE: Load FILE, a SQL dump, into the cluster (POST /db/load)
+        """restore FILE: Load FILE, a SQLite database or a SQL dump, into the cluster (POST /db/load)
 
-        The dump runs as one transaction: all of it, or on an error nothing. (rqlite also
-        takes an SQLite file here, replacing the whole database; raftsql does not yet.)
+        A database file replaces the whole database on every node; a dump runs as one
+        transaction: all of it, or on an error nothing.
         """
         if len(cmd) != 1:
             raise self.Error("restore takes a filename")

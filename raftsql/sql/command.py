@@ -25,6 +25,7 @@ class Op(enum.StrEnum):
     REQUEST = "request"  # mixed (/db/request): rows from every statement that has columns
     QUERY = "query"  # a strong read through the log: a statement that writes is refused
     KV = "kv"  # the config store's operations, applied by its extension (sql/extension.py)
+    LOAD = "load"  # a chunk of a SQLite file replacing the database (sql/load.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +94,15 @@ def decode_checked(data: Any) -> Command:
 
 def writes_bookkeeping(data: bytes) -> bool:
     """Whether a stored entry writes the bookkeeping file (raftsql/sql/sidecar.py): a command
-    with an idempotency key, or the config store's (its sessions and history live there)."""
-    if b'"ik"' not in data and b'"op":"kv"' not in data:
+    with an idempotency key, the config store's (its sessions and history live there), or a
+    chunk of a load."""
+    if b'"ik"' not in data and b'"op":"kv"' not in data and b'"op":"load"' not in data:
         return False
     try:
         cmd = Command.decode(data)
     except Exception:
         return False
-    return cmd.key is not None or cmd.op is Op.KV
+    return cmd.key is not None or cmd.op in (Op.KV, Op.LOAD)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ from typing import Any
 import apsw
 
 from raftsql.errors import StorageError
-from raftsql.sql import keys
+from raftsql.sql import keys, load
 from raftsql.sql.command import (
     Command,
     Op,
@@ -69,6 +69,7 @@ from raftsql.sql.extension import Extension
 from raftsql.sql.files import remove_db_files, restore_copy
 from raftsql.sql.header import resolve_index, stored_index
 from raftsql.sql.keys import KeyStore
+from raftsql.sql.load import Chunk, Loads
 from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
 from raftsql.sql.readers import Readers
 from raftsql.sql.session import (
@@ -166,7 +167,7 @@ class Database:
         self.applied_time_ms: int | None = None
         self._readers = Readers(self.path, readers, fk)
         self._extension = extension
-        tables = [keys.TABLE, *(extension.tables if extension else ())]
+        tables = [keys.TABLE, load.TABLE, *(extension.tables if extension else ())]
         self._book = Sidecar(self.path + SIDECAR_SUFFIX, tables)  # raftsql/sql/sidecar.py
         self._keys = KeyStore(self._book)
         self._book_reconciled = False  # what entries not applied wrote is undone (sidecar.py)
@@ -414,7 +415,42 @@ class Database:
     def _apply_command(self, batch: _Batch, pos: int, index: int, cmd: Command) -> Any:
         if cmd.op is Op.KV:
             return self._apply_extension(index, cmd)
+        if cmd.op is Op.LOAD:
+            return self._apply_load(batch, index, cmd)
         return self._run_command(batch, pos, cmd)
+
+    def _apply_load(self, batch: _Batch, index: int, cmd: Command) -> list[StatementResult]:
+        """A chunk of a SQLite file being loaded (raftsql/sql/load.py); the last one replaces
+        the database with the file, between two transactions of the batch."""
+        try:
+            chunk = Chunk.decode(cmd.statements)
+        except (ValueError, TypeError) as e:
+            return [StatementResult(error=f"invalid load chunk: {e}")]
+        if self._limits.deadline is not None:
+            raise _OverBudget  # a load's last chunk commits mid-batch: never inline
+        self._book.begin()
+        loads = Loads(self._book.conn)
+        error = loads.add(index, chunk)
+        if error is None and chunk.seq == chunk.total - 1:
+            path = self.path + ".load"
+            error = loads.assemble(index, chunk, path)
+            if error is None:
+                error = self._outside_transaction(batch, lambda: self._load_file(path, index))
+                if error is not None:
+                    self._book.begin()
+                    loads.drop(index, chunk.load)
+        return [StatementResult(error=error)] if error else []
+
+    def _load_file(self, path: str, index: int) -> str | None:
+        try:
+            self._restore_locked(path, index)
+        except ValueError as e:
+            return f"the file is {e}: nothing loaded"
+        finally:
+            remove_db_files(path)
+        if self._extension is not None:
+            self._extension.restored()
+        return None
 
     def _apply_extension(self, index: int, cmd: Command) -> Any:
         if self._extension is None:
@@ -556,23 +592,26 @@ class Database:
         database, never a mix. Raises ValueError when `path` is not a SQLite database.
         """
         with self._lock:
-            page_size = self._writer.conn.execute("PRAGMA page_size").fetchall()[0][0]
-            source_path = restore_copy(path, self.path + ".restore", page_size)
-            try:
-                self._book.load_from(source_path, applied_index)  # out of the copy, first
-                source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
-                try:
-                    with self._writer.conn.backup("main", source, "main") as backup:
-                        backup.step()
-                finally:
-                    source.close()
-            finally:
-                remove_db_files(source_path)
-            self._applied = applied_index
-            self._dirty = True
-            self._apply_batch(_Batch([], []))  # store the index now
+            self._restore_locked(path, applied_index)
         if self._extension is not None:
             self._extension.restored()
+
+    def _restore_locked(self, path: str, applied_index: int) -> None:
+        page_size = self._writer.conn.execute("PRAGMA page_size").fetchall()[0][0]
+        source_path = restore_copy(path, self.path + ".restore", page_size)
+        try:
+            self._book.load_from(source_path, applied_index)  # out of the copy, first
+            source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
+            try:
+                with self._writer.conn.backup("main", source, "main") as backup:
+                    backup.step()
+            finally:
+                source.close()
+        finally:
+            remove_db_files(source_path)
+        self._applied = applied_index
+        self._dirty = True
+        self._apply_batch(_Batch([], []))  # store the index now
 
     # ---- closing
 

@@ -33,3 +33,18 @@ def restore_copy(path: str, copy: str, page_size: int) -> str:
         remove_db_files(copy)
         raise ValueError(f"not a SQLite database: {e}") from e
     return copy
+
+
+def unreadable(path: str) -> str | None:
+    """Why SQLite cannot read the database file at `path` (None: it can), without touching
+    the file (no journal, no lock: opened immutable)."""
+    try:
+        conn = apsw.Connection(f"file:{path}?immutable=1",
+                               flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        finally:
+            conn.close()
+    except apsw.Error as e:
+        return str(e) or type(e).__name__
+    return None

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from raftsql.errors import StaleReadError
-from raftsql.sql import backup
+from raftsql.errors import RequestError, StaleReadError
+from raftsql.sql import backup, load
 from raftsql.sql.classify import Classifier
 from raftsql.sql.command import Command, Op, ReadOptions, StatementResult
 from raftsql.sql.database import Database
@@ -119,6 +120,22 @@ class SqlService:
             return False
         written = self.database.applied_time_ms
         return written is None or time.time() - written / 1000 > freshness
+
+    async def load_file(self, path: str, *, timeout: float) -> int:
+        """Replace the database with the SQLite file at `path` through the log, a chunk per
+        entry (raftsql/sql/load.py), read from disk a chunk at a time: the index of the last
+        chunk's entry, at which every node replaced its database. RequestError (400, nothing
+        changed) when the nodes refuse the file; NotLeaderError / LeadershipLostError if
+        leadership moves (the chunks proposed so far are dropped by the next load)."""
+        size, crc = await asyncio.to_thread(load.checksum, path)
+        load_id, index = uuid.uuid4().hex, 0
+        with open(path, "rb") as f:
+            for chunk in load.chunks(f, load_id, size, crc):
+                results, index = await self.execute(chunk.statements(), op=Op.LOAD,
+                                                    timeout=timeout)
+                if results:
+                    raise RequestError(400, results[0].error or "load refused")
+        return index
 
     async def backup(self, path: str, *, dump: bool, tables: list[str] | None = None,
                      vacuum: bool = False, local: bool = False, timeout: float = 10.0) -> None:

@@ -8,12 +8,16 @@ Handlers raise what fails; raftsql/http/respond.py words it (each route says how
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from raftsql.errors import RequestError
 from raftsql.http import forward
 from raftsql.http.body import is_text_body, parse_statements
 from raftsql.http.params import Params
@@ -22,6 +26,7 @@ from raftsql.http.respond import (
     IDEMPOTENCY_KEY,
     LEADER_NOT_FOUND,
     REPLAYED,
+    ROUTE,
     SERVED_BY,
     Route,
     json_response,
@@ -34,6 +39,7 @@ from raftsql.http.rqlite.encode import Kind, response_body, result_element
 from raftsql.http.state import ApiState, state_of
 from raftsql.sql.backup import dump_statements
 from raftsql.sql.command import Op, ReadOptions, Replayed, StatementResult
+from raftsql.sql.files import unreadable
 from raftsql.sql.keys import valid_key
 from raftsql.sql.params import disallowed_pragma, is_empty
 from raftsql.sql.service import Level
@@ -83,18 +89,23 @@ class _Request:
         return request_error(message, 400, pretty=self.params.pretty)
 
     async def on_leader(self, serve: Callable[[], Awaitable[web.Response]], route: Route,
-                        ) -> web.Response:
+                        body: forward.Body | None = None) -> web.Response:
         p = self.params
-        return await forward.on_leader(self.state, self.http, self.body, serve, route,
-                                       redirect=p.redirect, timeout=p.timeout, pretty=p.pretty)
+        return await forward.on_leader(self.state, self.http, self.body if body is None else body,
+                                       serve, route, redirect=p.redirect, timeout=p.timeout,
+                                       pretty=p.pretty)
 
 
-async def _begin(request: web.Request) -> _Request:
+async def _begin(request: web.Request, head: bytes = b"", *, read: bool = True) -> _Request:
+    """The request's options and body (`head`: what was read of it already; `read` False:
+    the caller streams the rest)."""
     start = time.perf_counter()
     state = state_of(request)
     params = Params.parse(request.query)
-    body = await read_body(request, state.max_body_bytes) if request.can_read_body else b""
-    return _Request(request, state, params, body, start)
+    body = b""
+    if read and request.can_read_body:
+        body = await read_body(request, state.max_body_bytes)
+    return _Request(request, state, params, head + body, start)
 
 
 # ---- /db/execute --------------------------------------------------------------------
@@ -200,12 +211,14 @@ async def handle_request(request: web.Request) -> web.Response:
 
 
 async def handle_load(request: web.Request) -> web.Response:
-    """An SQL dump, run as one transaction through the log, answered as /db/execute is
-    (rqlite tells a SQLite file from a dump by its first bytes, never by Content-Type)."""
-    req = await _begin(request)
-    if req.body.startswith(SQLITE_MAGIC):
-        return text_error(501, "loading a SQLite file is not supported yet: load an SQL dump "
-                          "of it (sqlite3 FILE .dump, or GET /db/backup?fmt=sql)")
+    """A SQLite file replaces the database through the log, in chunks (sql/load.py), staged
+    on disk here, never whole in memory; any other body is an SQL dump, run as one
+    transaction and answered as /db/execute is (rqlite tells the two apart by the first
+    bytes, never by Content-Type)."""
+    head = await _peek(request, len(SQLITE_MAGIC))
+    if head == SQLITE_MAGIC:
+        return await _load_file(request, head)
+    req = await _begin(request, head)
     try:
         script = dump_statements(req.body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -223,3 +236,63 @@ async def handle_load(request: web.Request) -> web.Response:
         return req.answer(results, kind=Kind.EXECUTE, raft_index=index)
 
     return await req.on_leader(serve, WRITE)
+
+
+async def _peek(request: web.Request, n: int) -> bytes:
+    if not request.can_read_body:
+        return b""
+    try:
+        return await request.content.readexactly(n)
+    except asyncio.IncompleteReadError as e:
+        return e.partial
+
+
+async def _load_file(request: web.Request, head: bytes) -> web.Response:
+    """Load the upload on the leader once staged (a follower forwards the staged file)."""
+    req = await _begin(request, read=False)
+    request[ROUTE] = WRITE
+    sql = req.state.sql
+    async with _staged(req, head) as path:
+
+        async def serve() -> web.Response:
+            index = await sql.load_file(path, timeout=req.params.timeout)
+            return req.answer([], kind=Kind.EXECUTE, raft_index=index)
+
+        return await req.on_leader(serve, WRITE, body=lambda: open(path, "rb"))  # noqa: SIM115
+
+
+async def handle_boot(request: web.Request) -> web.Response:
+    """rqlite's /boot: a SQLite file replaces the database of a single-node cluster directly,
+    bypassing the log, at disk speed; the node then snapshots. Not forwarded."""
+    head = await _peek(request, len(SQLITE_MAGIC))
+    req = await _begin(request, read=False)
+    if head != SQLITE_MAGIC:
+        return req.refused("/boot takes a SQLite database file")
+    request[ROUTE] = WRITE
+    async with _staged(req, head) as path:
+        refused = await req.state.node.boot(path)
+        if refused is not None:
+            return req.refused(f"not a SQLite database: {refused}")
+        return req.answer([], kind=Kind.EXECUTE)
+
+
+@contextlib.asynccontextmanager
+async def _staged(req: _Request, head: bytes) -> AsyncIterator[str]:
+    """The rest of the upload (after `head`) in a file beside the database, which SQLite
+    can read (else RequestError 400), removed afterwards. Never in memory as a whole."""
+    path = f"{req.state.sql.database.path}.upload-{uuid.uuid4().hex}"
+    try:
+        try:
+            with open(path, "wb") as f:
+                f.write(head)
+                async for block in req.http.content.iter_chunked(1 << 20):
+                    f.write(block)  # into the page cache: quick enough for the loop
+        except OSError as e:
+            raise RequestError(503, f"cannot stage the upload: {e}") from None
+        problem = await asyncio.to_thread(unreadable, path)
+        if problem is not None:
+            raise RequestError(400, f"not a SQLite database: {problem}")
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)

@@ -1,0 +1,129 @@
+"""Loading a SQLite file through the log, in chunks (POST /db/load with a SQLite file).
+
+The leader stages the upload on disk, then proposes it as a sequence of Op.LOAD entries, one
+chunk each: `[load id, seq, total, size, crc, base64 data]`. Every node applies a chunk by
+storing it in the bookkeeping file (`load_chunks`, a versioned table of sql/sidecar.py), so an
+open load goes back exactly in time like the other bookkeeping, travels in snapshots, and is
+never in memory as a whole: the log holds only the chunks since the latest snapshot. The
+last chunk's entry assembles the file from the table, checks its size and CRC-32, and
+replaces the database with it (Database.restore), on every node at the same entry.
+
+The rules are the entries', so every node decides the same: chunk 0 starts a load and drops
+any other open one; a chunk that does not follow its load's previous one (a leader change cut
+a load short, and another leader started again), or a file that fails its check or is not a
+SQLite database, ends the load with an error result and drops its chunks; `seq == -1` aborts.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import apsw
+
+from raftsql.sql.sidecar import Table
+
+CHUNK_BYTES = 1 << 20  # of the file per entry (base64 makes the entry 4/3 of that)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS load_chunks (
+    entry INTEGER NOT NULL, load TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
+    dropped INTEGER);
+CREATE INDEX IF NOT EXISTS load_chunks_seq ON load_chunks(load, seq);
+"""
+TABLE = Table("load_chunks", _SCHEMA, "entry, load, seq, data", gone="dropped")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    load: str
+    seq: int  # -1: abort every open load
+    total: int
+    size: int  # of the whole file
+    crc: int  # CRC-32 of the whole file
+    data: bytes
+
+    def statements(self) -> list[Any]:
+        return [self.load, self.seq, self.total, self.size, self.crc,
+                base64.b64encode(self.data).decode()]
+
+    @staticmethod
+    def decode(statements: list[Any]) -> Chunk:
+        load, seq, total, size, crc, data = statements
+        if not (type(load) is str and all(type(v) is int for v in (seq, total, size, crc))
+                and type(data) is str and -1 <= seq < total):
+            raise ValueError("malformed load chunk")
+        return Chunk(load, seq, total, size, crc, base64.b64decode(data, validate=True))
+
+
+def checksum(path: str) -> tuple[int, int]:
+    """(size, CRC-32) of the file at `path`, read a chunk at a time."""
+    size, crc = 0, 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            size += len(block)
+            crc = zlib.crc32(block, crc)
+    return size, crc
+
+
+def chunks(f: BinaryIO, load: str, size: int, crc: int) -> Iterator[Chunk]:
+    """The chunks the file `f` (of `size` bytes with CRC `crc`) is proposed as, read as
+    they are needed."""
+    total = max(1, -(-size // CHUNK_BYTES))
+    for seq in range(total):
+        yield Chunk(load, seq, total, size, crc, f.read(CHUNK_BYTES))
+
+
+class Loads:
+    """The open load, in the bookkeeping file; used by the Database's apply thread, inside
+    the batch's transaction (`conn` is the sidecar's connection)."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+
+    def add(self, index: int, chunk: Chunk) -> str | None:
+        """Store `chunk` (entry `index`). An error text when it ends its load in failure;
+        else None (the caller assembles the file once the last chunk is in)."""
+        conn = self._conn
+        if chunk.seq <= 0:
+            self.drop(index, None)  # a new load (or an abort) ends every other one
+            if chunk.seq < 0:
+                return None
+        else:
+            rows = conn.execute(
+                "SELECT max(seq) FROM load_chunks WHERE load = ? AND dropped IS NULL",
+                (chunk.load,)).fetchall()
+            if rows[0][0] != chunk.seq - 1:
+                self.drop(index, chunk.load)
+                return (f"load {chunk.load}: chunk {chunk.seq} does not follow chunk "
+                        f"{rows[0][0]} (interrupted by a leader change?): nothing loaded")
+        conn.execute("INSERT INTO load_chunks(entry, load, seq, data) VALUES (?, ?, ?, ?)",
+                     (index, chunk.load, chunk.seq, chunk.data))
+        return None
+
+    def assemble(self, index: int, chunk: Chunk, path: str) -> str | None:
+        """Write the load's file to `path` from its chunks; an error text (the chunks then
+        dropped, `path` removed) if its size or CRC is not what the entries said."""
+        size, crc = 0, 0
+        with open(path, "wb") as f:
+            for (data,) in self._conn.execute(
+                    "SELECT data FROM load_chunks WHERE load = ? AND dropped IS NULL "
+                    "ORDER BY seq", (chunk.load,)):
+                f.write(data)
+                size += len(data)
+                crc = zlib.crc32(data, crc)
+        if (size, crc) == (chunk.size, chunk.crc):
+            return None
+        os.remove(path)
+        self.drop(index, chunk.load)
+        return (f"load {chunk.load}: the file is {size} bytes with CRC {crc:08x}, the "
+                f"upload was {chunk.size} bytes with CRC {chunk.crc:08x}: nothing loaded")
+
+    def drop(self, index: int, load: str | None) -> None:
+        """End `load` (None: every open one): its chunks are dropped at entry `index`."""
+        where = "" if load is None else " AND load = ?"
+        self._conn.execute(f"UPDATE load_chunks SET dropped = ? WHERE dropped IS NULL{where}",
+                           (index,) if load is None else (index, load))
