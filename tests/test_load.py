@@ -30,7 +30,7 @@ def chunks_of(path: str, load_id: str) -> list[load.Chunk]:
 
 
 def entries(path: str, load_id: str = "L1", first: int = 10) -> list[tuple[int, bytes]]:
-    return [(first + i, Command(Op.LOAD, chunk.statements()).encode())
+    return [(first + i, Command(Op.LOAD, chunk.statements(), payload=chunk.data).encode())
             for i, chunk in enumerate(chunks_of(path, load_id))]
 
 
@@ -103,7 +103,7 @@ def test_a_wrong_checksum_is_refused(tmp_path, small_chunks):
     chunks = [load.Chunk(c.load, c.seq, c.total, c.size, c.crc ^ 1, c.data)
               for c in chunks_of(source_file(tmp_path), "L1")]
     with Database(str(tmp_path / "db.sqlite")) as db:
-        results = db.apply([(10 + i, Command(Op.LOAD, c.statements()).encode())
+        results = db.apply([(10 + i, Command(Op.LOAD, c.statements(), payload=c.data).encode())
                             for i, c in enumerate(chunks)])
         assert "CRC" in results[-1][0].error
         assert rows(db, "SELECT count(*) FROM sqlite_master") == [(0,)]

@@ -45,6 +45,9 @@ class Command:
     key: str | None = None
     key_window_ms: int = 0
     key_capacity: int = 0
+    # Raw bytes after the JSON and a newline (which orjson never writes): a load's chunk, not
+    # inflated by base64.
+    payload: bytes = b""
 
     @classmethod
     def new(cls, op: Op, statements: list[Any], transaction: bool = False, **flags: Any) -> Command:
@@ -63,16 +66,18 @@ class Command:
             d["qc"] = True
         if self.key is not None:
             d["ik"], d["iw"], d["ic"] = self.key, self.key_window_ms, self.key_capacity
-        return orjson.dumps(d)
+        head = orjson.dumps(d)
+        return head + b"\n" + self.payload if self.payload else head
 
     @classmethod
     def decode(cls, data: bytes) -> Command:
-        d = orjson.loads(data)
+        head, _, payload = bytes(data).partition(b"\n")
+        d = orjson.loads(head)
         if d.get("v") != COMMAND_VERSION:
             raise ValueError(f"unsupported command version {d.get('v')!r}")
         return cls(Op(d["op"]), d["stmts"], d["tx"], d["t"], d["r"], d.get("fk", False),
                    d.get("st", 0), d.get("qc", False), d.get("ik"), d.get("iw", 0),
-                   d.get("ic", 0))
+                   d.get("ic", 0), payload)
 
 
 def decode_checked(data: Any) -> Command:

@@ -423,7 +423,7 @@ class Database:
         """A chunk of a SQLite file being loaded (raftsql/sql/load.py); the last one replaces
         the database with the file, between two transactions of the batch."""
         try:
-            chunk = Chunk.decode(cmd.statements)
+            chunk = Chunk.decode(cmd.statements, cmd.payload)
         except (ValueError, TypeError) as e:
             return [StatementResult(error=f"invalid load chunk: {e}")]
         if self._limits.deadline is not None:

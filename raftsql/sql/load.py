@@ -1,7 +1,8 @@
 """Loading a SQLite file through the log, in chunks (POST /db/load with a SQLite file).
 
 The leader stages the upload on disk, then proposes it as a sequence of Op.LOAD entries, one
-chunk each: `[load id, seq, total, size, crc, base64 data]`. Every node applies a chunk by
+chunk each: statements `[load id, seq, total, size, crc]`, the chunk's bytes as the command's
+raw payload. Every node applies a chunk by
 storing it in the bookkeeping file (`load_chunks`, a versioned table of sql/sidecar.py), so an
 open load goes back exactly in time like the other bookkeeping, travels in snapshots, and is
 never in memory as a whole: the log holds only the chunks since the latest snapshot. The
@@ -16,7 +17,6 @@ SQLite database, ends the load with an error result and drops its chunks; `seq =
 
 from __future__ import annotations
 
-import base64
 import os
 import zlib
 from collections.abc import Iterator
@@ -27,7 +27,7 @@ import apsw
 
 from raftsql.sql.sidecar import Table
 
-CHUNK_BYTES = 1 << 20  # of the file per entry (base64 makes the entry 4/3 of that)
+CHUNK_BYTES = 1 << 20  # of the file per entry
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS load_chunks (
     entry INTEGER NOT NULL, load TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
@@ -47,16 +47,15 @@ class Chunk:
     data: bytes
 
     def statements(self) -> list[Any]:
-        return [self.load, self.seq, self.total, self.size, self.crc,
-                base64.b64encode(self.data).decode()]
+        return [self.load, self.seq, self.total, self.size, self.crc]
 
     @staticmethod
-    def decode(statements: list[Any]) -> Chunk:
-        load, seq, total, size, crc, data = statements
+    def decode(statements: list[Any], payload: bytes) -> Chunk:
+        load, seq, total, size, crc = statements
         if not (type(load) is str and all(type(v) is int for v in (seq, total, size, crc))
-                and type(data) is str and -1 <= seq < total):
+                and -1 <= seq < total):
             raise ValueError("malformed load chunk")
-        return Chunk(load, seq, total, size, crc, base64.b64decode(data, validate=True))
+        return Chunk(load, seq, total, size, crc, payload)
 
 
 def checksum(path: str) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from raftsql.sql.session import steps_for
 
 KEY_WINDOW = 600.0  # seconds an idempotency key is remembered...
 KEY_CAPACITY = 100_000  # ...and for how many log entries, at most
+_LOAD_WINDOW = 4  # chunks of a load in flight
 
 
 class Level(enum.StrEnum):
@@ -65,14 +66,15 @@ class SqlService:
     async def execute(self, statements: list[Any], *, op: Op = Op.EXECUTE,
                       transaction: bool = False, timeout: float = 30.0,
                       db_timeout: float = 0.0, qualify: bool = False, key: str | None = None,
-                      ) -> tuple[list[StatementResult], int]:
+                      payload: bytes = b"") -> tuple[list[StatementResult], int]:
         """Through the log, on the leader (NotLeaderError, with nothing proposed, elsewhere):
         the results and the entry's index. With an idempotency `key`, applied at most once
         within the window: a repeat's results are the first's (a `Replayed` list)."""
         keyed = {} if key is None else {"key": key, "key_window_ms": self._key_window_ms,
                                         "key_capacity": self._key_capacity}
         command = Command.new(op, statements, transaction, fk=self._fk,
-                              max_steps=steps_for(db_timeout), qualify=qualify, **keyed)
+                              max_steps=steps_for(db_timeout), qualify=qualify,
+                              payload=payload, **keyed)
         result, index = await self._node.propose(command.encode(), timeout)
         if isinstance(result, Exception):
             raise result
@@ -128,13 +130,29 @@ class SqlService:
         changed) when the nodes refuse the file; NotLeaderError / LeadershipLostError if
         leadership moves (the chunks proposed so far are dropped by the next load)."""
         size, crc = await asyncio.to_thread(load.checksum, path)
-        load_id, index = uuid.uuid4().hex, 0
-        with open(path, "rb") as f:
-            for chunk in load.chunks(f, load_id, size, crc):
-                results, index = await self.execute(chunk.statements(), op=Op.LOAD,
-                                                    timeout=timeout)
-                if results:
-                    raise RequestError(400, results[0].error or "load refused")
+        load_id = uuid.uuid4().hex
+        window: list[asyncio.Task[tuple[list[StatementResult], int]]] = []
+        index = 0
+        try:
+            with open(path, "rb") as f:
+                for chunk in load.chunks(f, load_id, size, crc):
+                    # A few chunks in flight: proposed in order, so logged in order.
+                    window.append(asyncio.ensure_future(self.execute(
+                        chunk.statements(), op=Op.LOAD, timeout=timeout, payload=chunk.data)))
+                    if len(window) >= _LOAD_WINDOW:
+                        index = self._loaded(await window.pop(0))
+                while window:
+                    index = self._loaded(await window.pop(0))
+        finally:
+            for task in window:
+                task.cancel()
+        return index
+
+    @staticmethod
+    def _loaded(outcome: tuple[list[StatementResult], int]) -> int:
+        results, index = outcome
+        if results:
+            raise RequestError(400, results[0].error or "load refused")
         return index
 
     async def backup(self, path: str, *, dump: bool, tables: list[str] | None = None,
