@@ -41,6 +41,7 @@ from raftsql.sql.backup import dump_statements
 from raftsql.sql.command import Op, ReadOptions, Replayed, StatementResult
 from raftsql.sql.files import unreadable
 from raftsql.sql.keys import valid_key
+from raftsql.sql.load import CHUNK_BYTES
 from raftsql.sql.params import disallowed_pragma, is_empty
 from raftsql.sql.service import Level
 
@@ -89,10 +90,12 @@ class _Request:
         return request_error(message, 400, pretty=self.params.pretty)
 
     async def on_leader(self, serve: Callable[[], Awaitable[web.Response]], route: Route,
-                        body: forward.Body | None = None) -> web.Response:
+                        body: forward.Body | None = None, timeout: float | None = None,
+                        ) -> web.Response:
         p = self.params
         return await forward.on_leader(self.state, self.http, self.body if body is None else body,
-                                       serve, route, redirect=p.redirect, timeout=p.timeout,
+                                       serve, route, redirect=p.redirect,
+                                       timeout=p.timeout if timeout is None else timeout,
                                        pretty=p.pretty)
 
 
@@ -258,7 +261,10 @@ async def _load_file(request: web.Request, head: bytes) -> web.Response:
             index = await sql.load_file(path, timeout=req.params.timeout)
             return req.answer([], kind=Kind.EXECUTE, raft_index=index)
 
-        return await req.on_leader(serve, WRITE, body=lambda: open(path, "rb"))  # noqa: SIM115
+        # `timeout` bounds each chunk's commit on the leader: a forward waits for all of them.
+        chunks = -(-os.path.getsize(path) // CHUNK_BYTES)
+        return await req.on_leader(serve, WRITE, body=lambda: open(path, "rb"),  # noqa: SIM115
+                                   timeout=req.params.timeout * max(chunks, 1))
 
 
 async def handle_boot(request: web.Request) -> web.Response:
