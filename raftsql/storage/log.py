@@ -101,7 +101,7 @@ class OSFileSystem:
     def mkdirs(self, path: str) -> None:
         if not os.path.isdir(path):
             os.makedirs(path, exist_ok=True)
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
 
     def open_append(self, path: str) -> _OSFile:
         return _OSFile(os.open(path, os.O_WRONLY | os.O_APPEND))
@@ -120,7 +120,7 @@ class OSFileSystem:
         finally:
             file.close()
         os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
@@ -154,7 +154,8 @@ class _OSFile:
             os.close(fd)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

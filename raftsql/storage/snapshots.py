@@ -17,6 +17,8 @@ import os
 import re
 import zlib
 
+from raftsql.storage.log import fsync_dir
+
 CHUNK = 1 << 20  # how much of a state is in memory at once
 _NAME = re.compile(r"^(\d+)-(\d+)\.(db|part)$")
 
@@ -49,7 +51,7 @@ class SnapshotFiles:
         finally:
             os.close(fd)
         os.replace(part, final)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return final
 
     def prune(self, index: int, term: int) -> None:
@@ -88,11 +90,3 @@ def _names(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
