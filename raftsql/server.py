@@ -70,8 +70,13 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         nc = config.node
-        self.database, self.machine = open_state_machine(nc.data_dir, config.fk,
-                                                         config.kv_history)
+        self._unlock = lock_data_dir(nc.data_dir)  # before anything opens a file there
+        try:
+            self.database, self.machine = open_state_machine(nc.data_dir, config.fk,
+                                                             config.kv_history)
+        except BaseException:
+            self._unlock()
+            raise
         self.transport = Transport(nc.node_id, secret=nc.cluster_secret, api_url=nc.api_url)
         self.node = Node(nc, self.database, transport=self.transport)
         self.sql = SqlService(self.node, self.database, fk=config.fk,
@@ -107,6 +112,7 @@ class Server:
             await runner.cleanup()
         self._runners = []
         self.sql.close()
+        self._unlock()
 
     async def wait_failed(self) -> None:
         await self.node.wait_failed()

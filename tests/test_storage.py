@@ -737,3 +737,23 @@ def test_storage_fails_for_good_after_an_io_error():
     with pytest.raises(StorageError):
         s.append(ents(3, 3))
 
+
+
+def test_a_data_directory_is_held_by_one_process(tmp_path):
+    import subprocess
+    import sys
+
+    from raftsql.storage.lock import lock_data_dir
+
+    release = lock_data_dir(str(tmp_path))
+    again = lock_data_dir(str(tmp_path))  # nested within the process
+    probe = ("import sys; from raftsql.storage.lock import lock_data_dir\n"
+             "try:\n    lock_data_dir(sys.argv[1])\nexcept Exception as e:\n    print(e)\n")
+    other = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                           text=True)
+    assert "in use by another process" in other.stdout
+    again()
+    release()
+    other = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                           text=True)
+    assert other.stdout == ""

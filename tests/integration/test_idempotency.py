@@ -32,7 +32,8 @@ def keyed_write(url: str, statements: list) -> tuple[int, bool, bytes]:
 
 def test_a_retried_write_applies_once_across_snapshot_restart_and_leader_change(tmp_path):
     cluster = LocalCluster(3, str(tmp_path), extra_args=[
-        "--heartbeat-ms", "50", "--election-ms", "500", "--snapshot-threshold", "30"])
+        "--heartbeat-ms", "50", "--election-ms", "500", "--snapshot-threshold", "30",
+        "--trailing-logs", "5"])
     cluster.start()
     try:
         leader = cluster.leader(timeout=30)

@@ -32,7 +32,8 @@ def stop_and_check(cluster: LocalCluster, node_id: str, what: str) -> None:
 def test_a_signal_at_any_moment_stops_a_node_cleanly(tmp_path):
     rng = random.Random(1234)
     cluster = LocalCluster(3, str(tmp_path), extra_args=[
-        "--heartbeat-ms", "50", "--election-ms", "400", "--snapshot-threshold", "30"])
+        "--heartbeat-ms", "50", "--election-ms", "400", "--snapshot-threshold", "30",
+        "--trailing-logs", "10"])
     cluster.start()
     try:
         leader = cluster.leader(timeout=30)
