@@ -163,3 +163,20 @@ async def test_a_follower_that_dies_between_fsync_and_answer_keeps_the_entry(clu
     await cluster.run_until(lambda: proposal.done())
     assert proposal.result()[0] == 1
     await cluster.run_until(lambda: cluster.sms[restarted.node_id].data.get("x") == "1")
+
+
+async def test_a_follower_behind_the_compacted_log_fetches_the_snapshots_state(cluster):
+    """InstallSnapshot over the in-memory transport: the SNAPSHOT message is held back until
+    the follower has fetched the state file from the leader (raftsql/node/snapshots.py)."""
+    await cluster.run_until(lambda: cluster.leader() is not None)
+    leader = cluster.leader()
+    lagging = next(n for n in cluster.nodes.values() if n is not leader)
+    cluster.net.isolate(lagging.node_id)
+    for i in range(30):
+        await leader.propose(f"k{i}={'v' * 5000}".encode())
+    assert await leader.snapshot(trailing=0)
+    assert leader.status()["raft"]["first_log_index"] > leader.applied_index - 1
+    cluster.net.heal()
+    await cluster.run_until(lambda: cluster.sms[lagging.node_id].data.get("k29") == "v" * 5000)
+    assert lagging._receiver.received == 1
+    assert cluster.sms[lagging.node_id].data == cluster.sms[leader.node_id].data
