@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trailing-logs", type=_count, default=10240, metavar="N",
                        help="log entries kept before each snapshot, so that a follower "
                        "slightly behind catches up from the log, not with the whole database "
-                       "(at most --snapshot-threshold-bytes of them)")
+                       "(at most 8 MiB of them)")
     serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
                        help="a file holding a secret every peer request must carry, the same on "
                        "every node (default: none; peer traffic is accepted from anyone)")

@@ -71,6 +71,9 @@ from raftsql.storage.snapshots import SnapshotFiles
 log = logging.getLogger("raftsql.node")
 
 _LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+# Trailing entries kept before a snapshot hold at most this much data: they are in memory, and
+# a follower further behind than that (big writes, a load) is better served by the snapshot.
+TRAILING_BYTES = 8 << 20
 
 
 @dataclass
@@ -86,7 +89,7 @@ class NodeConfig:
     election_ms: int = 1000
     snapshot_threshold: int = 8192  # entries applied since the latest snapshot...
     snapshot_threshold_bytes: int = 64 * 2**20  # ...or bytes of their commands (0: no limit)
-    trailing_logs: int = 10240  # entries kept before a snapshot (at most the bytes above)
+    trailing_logs: int = 10240  # entries kept before a snapshot (at most TRAILING_BYTES)
     cluster_secret: str | None = None
 
     @property
@@ -580,7 +583,7 @@ class Node:
         raft, storage = self._raft, self._storage
         assert raft is not None and storage is not None
         keep = self.config.trailing_logs if trailing is None else trailing
-        base = trailing_base(raft, index, keep, self.config.snapshot_threshold_bytes)
+        base = trailing_base(raft, index, keep, TRAILING_BYTES)
         if base.index > index:
             return  # the core installed a newer snapshot from the leader meanwhile
         meta = SnapshotMeta(index, term, raft.conf_at(index))
