@@ -197,7 +197,8 @@ async def test_a_snapshot_is_taken_once_the_applied_commands_hold_enough_bytes(
     (port,) = free_ports(1)
     server = Server(ServerConfig(NodeConfig(
         data_dir=str(tmp_path / "n1"), http_addr=f"127.0.0.1:{port}", heartbeat_ms=20,
-        election_ms=200, snapshot_threshold=1_000_000, snapshot_threshold_bytes=threshold_bytes)))
+        election_ms=200, snapshot_threshold=1_000_000, snapshot_threshold_bytes=threshold_bytes,
+        trailing_logs=0)))
     await server.start()
     node = server.node
     try:
