@@ -12,8 +12,9 @@ Workloads (each bounded in time):
   K1 config store PUT /v1/kv from 1 client (compared with W1)
   K2 config store PUT /v1/kv from 64 clients (compared with W2)
   K3 config store GET /v1/kv from 64 clients, the default (linearizable) level (with W4)
-  DB a database of --db-mb MB: backup, snapshot, restart and a new node's catch-up, in MB/s
-     next to the disk's own (tools/bigdb.py; the issue's "W6", a name W6 above had taken)
+  DB a database of --db-mb MB (100; 1000 by hand): backup, snapshot, restart, restore and a
+     new node's catch-up, in MB/s next to the disk's own, with peak RSS (tools/bigdb.py; the
+     issue's "W6", a name W6 above had taken)
 Baselines, measured in the same run on the same machine:
   apsw:  local apsw INSERTs, each its own transaction, synchronous=FULL (one fsync per commit)
   http:  the same client against a trivial aiohttp endpoint (the client and HTTP overhead alone)
@@ -279,7 +280,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each workload")
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6,K1,K2,K3",
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6,K1,K2,K3,DB",
                         help="workloads to run, e.g. W1,W2")
     parser.add_argument("--no-baselines", action="store_true", help="skip the apsw and http baselines")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the leader and a follower into DIR")
