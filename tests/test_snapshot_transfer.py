@@ -139,3 +139,25 @@ def test_a_header_of_another_version_is_refused_clearly():
         Header.decode(b'{"v":1,"peers":{}}', 4)
     with pytest.raises(StorageError, match="unreadable"):
         Header.decode(b"\x00\x00\x00\x05hello", 4)
+
+
+async def test_the_same_snapshot_resent_by_another_node_moves_the_download_there(tmp_path):
+    files = SnapshotFiles(str(tmp_path / "snapshots"))
+    delivered: list[Message] = []
+    asked: list[str] = []
+
+    async def fetch(raft_addr, index, term, offset, out):
+        asked.append(raft_addr)
+        if raft_addr == "10.0.0.1:4002":  # the old leader, gone
+            raise TransportError("connection refused")
+        out.write(STATE)
+
+    receiver = SnapshotReceiver(files, fetch, delivered.append, "n2")
+    m = snapshot_message()
+    assert not receiver.admit(m)
+    await asyncio.sleep(0.05)
+    assert not receiver.admit(sent_from(m, "10.0.0.3:4002"))  # a new leader holds it too
+    async with asyncio.timeout(5):
+        while not delivered:
+            await asyncio.sleep(0.01)
+    assert asked[0] == "10.0.0.1:4002" and asked[-1] == "10.0.0.3:4002"

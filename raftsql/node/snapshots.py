@@ -72,8 +72,10 @@ class SnapshotReceiver:
     """Holds back SNAPSHOT messages whose state is not here yet, and fetches it.
 
     `admit(m)` says whether the core may have `m` now; if not, the state is fetched from
-    `m.frm` in the background and `deliver(m)` is called once it is installed. One download
-    at a time: a newer snapshot replaces an older download, an older one is ignored.
+    where the message says (its header's `source`) in the background, and `deliver(m)` is
+    called once it is installed. One download at a time: a newer snapshot replaces an older
+    download, an older one is ignored, and the same one resent (maybe by a new leader that
+    holds it too) moves the download to its sender.
     """
 
     def __init__(self, files: SnapshotFiles, fetch: Fetch, deliver: Callable[[Message], None],
@@ -84,6 +86,7 @@ class SnapshotReceiver:
         self._name = name
         self._task: asyncio.Task[None] | None = None
         self._fetching: tuple[int, int] = (0, 0)  # (index, term) being fetched
+        self._source = ""  # from where: the latest sender of that snapshot
         self.received = 0  # states fetched and installed, for tests and status
 
     def admit(self, m: Message) -> bool:
@@ -93,18 +96,21 @@ class SnapshotReceiver:
         if self._files.has(*at):
             return True
         busy = self._task is not None and not self._task.done()
-        if busy and at <= self._fetching:
-            return False  # this download is under way, or a newer one is
-        if busy:
-            assert self._task is not None
-            self._task.cancel()
+        if busy and at < self._fetching:
+            return False  # a newer download is under way
         try:
             header = Header.decode(m.snapshot.data, meta.index)
         except StorageError as e:
             log.warning("node=%s ignoring snapshot %d from %s: %s", self._name, meta.index,
                         m.frm, e)
             return False
-        self._fetching = at
+        if busy and at == self._fetching:
+            self._source = header.source  # under way: go on from its latest sender
+            return False
+        if busy:
+            assert self._task is not None
+            self._task.cancel()
+        self._fetching, self._source = at, header.source
         self._task = asyncio.get_running_loop().create_task(
             self._receive(m, header), name=f"snapshot-fetch-{self._name}")
         return False
@@ -121,24 +127,24 @@ class SnapshotReceiver:
         delay = RETRY_MIN
         while True:
             try:
-                if await self._download(header.source, index, term, part, header):
+                if await self._download(self._source, index, term, part, header):
                     break
             except TransportError as e:
                 if e.status == 404:
                     log.info("node=%s snapshot %d is gone from %s (it has a newer one); "
-                             "waiting for it", self._name, index, m.frm)
+                             "waiting for it", self._name, index, self._source)
                     return
                 log.info("node=%s fetching snapshot %d from %s: %s; retrying", self._name,
-                         index, m.frm, e)
+                         index, self._source, e)
             except (OSError, TimeoutError) as e:
                 log.info("node=%s fetching snapshot %d from %s: %r; retrying", self._name,
-                         index, m.frm, e)
+                         index, self._source, e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
         await asyncio.to_thread(self._files.install, index, term)
         self.received += 1
         log.info("node=%s received snapshot %d (%d bytes) from %s", self._name, index,
-                 header.size, m.frm)
+                 header.size, self._source)
         self._deliver(m)
 
     async def _download(self, source: str, index: int, term: int, part: str,
