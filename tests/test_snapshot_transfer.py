@@ -161,3 +161,28 @@ async def test_the_same_snapshot_resent_by_another_node_moves_the_download_there
         while not delivered:
             await asyncio.sleep(0.01)
     assert asked[0] == "10.0.0.1:4002" and asked[-1] == "10.0.0.3:4002"
+
+
+async def test_another_nodes_copy_of_the_same_snapshot_is_fetched_afresh(tmp_path):
+    """Two nodes' files of one snapshot hold the same rows, maybe not the same bytes."""
+    files = SnapshotFiles(str(tmp_path / "snapshots"))
+    delivered: list[Message] = []
+    theirs = os.urandom(200_000)
+    hold = asyncio.Event()
+
+    async def fetch(raft_addr, index, term, offset, out):
+        if raft_addr == "10.0.0.1:4002":
+            out.write(STATE[:50_000])
+            await hold.wait()  # never set: the old leader hangs
+        out.write(theirs[offset:])
+
+    receiver = SnapshotReceiver(files, fetch, delivered.append, "n2")
+    assert not receiver.admit(snapshot_message())
+    await asyncio.sleep(0.05)
+    other = sent_from(snapshot_message(theirs), "10.0.0.3:4002")
+    assert not receiver.admit(other)
+    async with asyncio.timeout(5):
+        while not delivered:
+            await asyncio.sleep(0.01)
+    with open(files.path(7, 2), "rb") as f:
+        assert f.read() == theirs

@@ -15,6 +15,7 @@ snapshot after an election timeout without an answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -74,8 +75,9 @@ class SnapshotReceiver:
     `admit(m)` says whether the core may have `m` now; if not, the state is fetched from
     where the message says (its header's `source`) in the background, and `deliver(m)` is
     called once it is installed. One download at a time: a newer snapshot replaces an older
-    download, an older one is ignored, and the same one resent (maybe by a new leader that
-    holds it too) moves the download to its sender.
+    download, an older one is ignored, and the same one resent by a new leader moves the
+    download to it (starting over if its copy differs: nodes' copies of one snapshot hold the
+    same rows, not always the same bytes).
     """
 
     def __init__(self, files: SnapshotFiles, fetch: Fetch, deliver: Callable[[Message], None],
@@ -87,6 +89,7 @@ class SnapshotReceiver:
         self._task: asyncio.Task[None] | None = None
         self._fetching: tuple[int, int] = (0, 0)  # (index, term) being fetched
         self._source = ""  # from where: the latest sender of that snapshot
+        self._file = (0, 0)  # and which copy of it: (size, CRC-32)
         self.received = 0  # states fetched and installed, for tests and status
 
     def admit(self, m: Message) -> bool:
@@ -104,13 +107,16 @@ class SnapshotReceiver:
             log.warning("node=%s ignoring snapshot %d from %s: %s", self._name, meta.index,
                         m.frm, e)
             return False
-        if busy and at == self._fetching:
-            self._source = header.source  # under way: go on from its latest sender
+        if busy and at == self._fetching and (header.size, header.crc) == self._file:
+            self._source = header.source  # the same file: go on from its latest sender
             return False
         if busy:
             assert self._task is not None
             self._task.cancel()
-        self._fetching, self._source = at, header.source
+            if at == self._fetching:  # another node's copy of it: other bytes, start over
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self._files.partial(*at))
+        self._fetching, self._source, self._file = at, header.source, (header.size, header.crc)
         self._task = asyncio.get_running_loop().create_task(
             self._receive(m, header), name=f"snapshot-fetch-{self._name}")
         return False
