@@ -128,10 +128,13 @@ async def test_a_newer_snapshot_replaces_an_older_download(tmp_path):
 
 def test_prune_keeps_the_saved_snapshot_and_newer_files(tmp_path):
     files = SnapshotFiles(str(tmp_path))
-    for name in ("3-1.db", "5-1.db", "5-1.part", "4-1.part", "8-2.part", "9-2.db", "x.txt"):
+    for name in ("3-1.db", "5-1.db", "5-1.part", "4-1.part", "4-1.new", "8-2.part", "8-2.new",
+                 "9-2.db", "x.txt"):
         (tmp_path / name).write_bytes(b"s")
     files.prune(5, 1)
-    assert sorted(os.listdir(tmp_path)) == ["5-1.db", "8-2.part", "9-2.db", "x.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["5-1.db", "8-2.new", "8-2.part", "9-2.db", "x.txt"]
+    files.discard_partials(keep=None)  # a new download: the node's own snapshot stays
+    assert sorted(os.listdir(tmp_path)) == ["5-1.db", "8-2.new", "9-2.db", "x.txt"]
 
 
 def test_a_header_of_another_version_is_refused_clearly():

@@ -359,12 +359,12 @@ class Applier:
     def _write_state(self, index: int, term: int) -> Header:
         """On the apply thread: the state machine's state into its file, checked and durable
         (storage/snapshots.py); the header of the snapshot's data describes it."""
-        part = self._files.partial(index, term)
+        part = self._files.partial(index, term, own=True)
         held = self._sm.snapshot(part)
         if held != index:
             raise StorageError(f"the state machine's snapshot holds {held}, not {index}")
         size, crc = checksum(part)
-        self._files.install(index, term)
+        self._files.install(index, term, own=True)
         return Header(self._book.everyone(), size, crc)
 
     def _restore(self, snapshot: Snapshot) -> dict[str, Any]:

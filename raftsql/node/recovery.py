@@ -70,11 +70,11 @@ def force_membership(data_dir: str, node_id: str, sm: StateMachine,
         book.keep_only(voters)
         for peer, raft_addr in voters.items():
             book.set_peer(peer, raft_addr)
-        part = files.partial(last, term)
+        part = files.partial(last, term, own=True)
         if sm.snapshot(part) != last:
             raise StorageError("the state machine's snapshot does not hold the last entry")
         size, crc = checksum(part)
-        files.install(last, term)
+        files.install(last, term, own=True)
         conf = ConfState(voters=tuple(sorted(voters)))
         header = Header(book.everyone(), size, crc).encode()
         storage.save_snapshot(Snapshot(SnapshotMeta(last, term, conf), header))

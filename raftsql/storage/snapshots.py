@@ -5,9 +5,9 @@ A snapshot's meta and its small data (a header) are saved with the Raft log
 snapshot, `<index>-<term>.db`, and is only ever streamed, never read into memory. A state
 file is complete, checked and fsynced before the snapshot that stands for it is saved, so a
 crash leaves at worst a file no saved snapshot names, which `prune` removes once a newer
-snapshot is in place. A state being written (the node's own snapshot) or downloaded (a
-follower's InstallSnapshot) is `<index>-<term>.part`; a download resumes from it after a
-dropped connection or a restart.
+snapshot is in place. A state being written (the node's own snapshot) is `<index>-<term>.new`;
+one being downloaded (a follower's InstallSnapshot) is `<index>-<term>.part`, which a download
+resumes from after a dropped connection or a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import zlib
 from raftsql.storage.log import fsync_dir
 
 CHUNK = 1 << 20  # how much of a state is in memory at once
-_NAME = re.compile(r"^(\d+)-(\d+)\.(db|part)$")
+_NAME = re.compile(r"^(\d+)-(\d+)\.(db|part|new)$")
 
 
 class SnapshotFiles:
@@ -33,18 +33,19 @@ class SnapshotFiles:
         """Where the complete state of the snapshot at (index, term) is (or would be)."""
         return os.path.join(self.dir, f"{index}-{term}.db")
 
-    def partial(self, index: int, term: int) -> str:
-        """Where that state is written or downloaded before it is complete."""
+    def partial(self, index: int, term: int, *, own: bool = False) -> str:
+        """Where that state is downloaded before it is complete (`own`: written by this node,
+        a name of its own, so that a download never touches it)."""
         os.makedirs(self.dir, exist_ok=True)
-        return os.path.join(self.dir, f"{index}-{term}.part")
+        return os.path.join(self.dir, f"{index}-{term}.{'new' if own else 'part'}")
 
     def has(self, index: int, term: int) -> bool:
         return os.path.exists(self.path(index, term))
 
-    def install(self, index: int, term: int) -> str:
+    def install(self, index: int, term: int, *, own: bool = False) -> str:
         """The partial state of (index, term) is complete and checked: make it durable and
         give it its final name."""
-        part, final = self.partial(index, term), self.path(index, term)
+        part, final = self.partial(index, term, own=own), self.path(index, term)
         fd = os.open(part, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -62,7 +63,7 @@ class SnapshotFiles:
             if match is None:
                 continue
             at = (int(match[1]), int(match[2]))
-            if at < (index, term) or (at == (index, term) and match[3] == "part"):
+            if at < (index, term) or (at == (index, term) and match[3] != "db"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(self.dir, name))
 
