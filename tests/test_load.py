@@ -4,6 +4,8 @@ nothing."""
 
 from __future__ import annotations
 
+import os
+
 import apsw
 import pytest
 
@@ -107,3 +109,61 @@ def test_a_wrong_checksum_is_refused(tmp_path, small_chunks):
                             for i, c in enumerate(chunks)])
         assert "CRC" in results[-1][0].error
         assert rows(db, "SELECT count(*) FROM sqlite_master") == [(0,)]
+
+
+def file_with(tmp_path, name: str, script: str, page_size: int = 4096) -> str:
+    path = str(tmp_path / name)
+    conn = apsw.Connection(path)
+    conn.execute(f"PRAGMA page_size={page_size}; {script}")
+    conn.close()
+    return path
+
+
+def test_a_file_holding_raftsqls_bookkeeping_is_refused(tmp_path, small_chunks):
+    path = file_with(tmp_path, "snap.db", "CREATE TABLE raftsql_load_chunks(a); "
+                     "CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+    with Database(str(tmp_path / "db.sqlite")) as db:
+        one(db, 9, ["CREATE TABLE old (x)"])
+        results = db.apply(entries(path))
+        assert "raftsql's bookkeeping (raftsql_load_chunks)" in results[-1][0].error
+        assert rows(db, "SELECT name FROM sqlite_master") == [("old",)]
+        one(db, 1000, ["INSERT INTO old VALUES (1)"])  # the node goes on
+
+
+def test_a_file_this_node_cannot_copy_is_an_error_not_a_failure(tmp_path, small_chunks):
+    # Another page size makes the copy VACUUM, which needs the index's unknown collation.
+    maker = apsw.Connection(str(tmp_path / "odd.db"))
+    maker.execute("PRAGMA page_size=8192")
+    maker.create_collation("odd", lambda a, b: (a > b) - (a < b))
+    maker.execute("CREATE TABLE t(x TEXT); CREATE INDEX t_x ON t(x COLLATE odd); "
+                  "INSERT INTO t VALUES ('a')")
+    maker.close()
+    with Database(str(tmp_path / "db.sqlite")) as db:
+        one(db, 9, ["CREATE TABLE old (x)"])
+        results = db.apply(entries(str(tmp_path / "odd.db")))
+        assert "cannot copy" in results[-1][0].error and "nothing loaded" in results[-1][0].error
+        assert rows(db, "SELECT name FROM sqlite_master") == [("old",)]
+
+
+def test_a_crash_while_the_database_is_replaced_is_finished_at_start(tmp_path, small_chunks,
+                                                                      monkeypatch):
+    chunks = entries(source_file(tmp_path))
+    path = str(tmp_path / "db.sqlite")
+    db = Database(path)
+    one(db, 9, ["CREATE TABLE old (x)"])
+    db.apply(chunks[:-1])
+
+    def dies(self, source, index):
+        raise KeyboardInterrupt  # the process dies once the file and its marker are durable
+
+    monkeypatch.setattr(Database, "_restore_from", dies)
+    with pytest.raises(KeyboardInterrupt):
+        db.apply(chunks[-1:])
+    monkeypatch.undo()
+    db._writer.conn.close()  # no clean close: the process is gone
+    with Database(path) as again:
+        again.recover(chunks[-1][0])
+        assert again.applied_index() == chunks[-1][0]
+        assert rows(again, "SELECT count(*) FROM src") == [(300,)]
+        assert user_schema(path)[0] == [("table", "src")]
+    assert not os.path.exists(path + ".load-index") and not os.path.exists(path + ".load")

@@ -209,6 +209,7 @@ class Database:
         some were compacted away. With it, a keys file found behind the database (a power
         cut, raftsql/sql/keys.py) is checked against the log, and the database starts over
         (from the snapshot, which the driver then restores) when it cannot be trusted."""
+        self._finish_load()
         try:
             self._applied = resolve_index(self._stored_index, log_end)
         except ValueError as e:
@@ -442,15 +443,44 @@ class Database:
         return [StatementResult(error=error)] if error else []
 
     def _load_file(self, path: str, index: int) -> str | None:
+        """Replace the database with the assembled file, or say why not (nothing changed)."""
         try:
-            self._restore_locked(path, index)
-        except ValueError as e:
-            return f"the file is {e}: nothing loaded"
-        finally:
+            source = self._restore_source(path)
+            foreign = load.foreign_tables(source)
+        except (ValueError, apsw.Error) as e:
             remove_db_files(path)
+            return f"the file is {e}: nothing loaded"
+        if foreign:
+            remove_db_files(source)
+            remove_db_files(path)
+            return (f"the file holds raftsql's bookkeeping ({', '.join(foreign)}): a snapshot, "
+                    "not a database to load: nothing loaded")
+        load.mark(self.path, path, index)
+        self._restore_from(source, index)
+        self._made_durable_then(lambda: load.unmark(self.path, path))
         if self._extension is not None:
             self._extension.restored()
         return None
+
+    def _made_durable_then(self, done: Callable[[], None]) -> None:
+        """Checkpoint the whole WAL into the fsynced file, then `done()`; if readers keep the
+        checkpoint from finishing, not (what `done` ends is then redone at the next start)."""
+        with contextlib.suppress(apsw.BusyError):
+            wal, copied = self._writer.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)
+            if wal == copied:
+                done()
+
+    def _finish_load(self) -> None:
+        """At start: a load's replacement that a crash cut short is done again (sql/load.py)."""
+        cut = load.pending(self.path)
+        if cut is None:
+            return
+        index, file = cut
+        log.warning("%s: finishing the load of entry %d that a crash cut short", self.path,
+                    index)
+        self._restore_from(self._restore_source(file), index)
+        self._stored_index = stored_index(index)
+        self._made_durable_then(lambda: load.unmark(self.path, file))
 
     def _apply_extension(self, index: int, cmd: Command) -> Any:
         if self._extension is None:
@@ -592,13 +622,17 @@ class Database:
         database, never a mix. Raises ValueError when `path` is not a SQLite database.
         """
         with self._lock:
-            self._restore_locked(path, applied_index)
+            self._restore_from(self._restore_source(path), applied_index)
         if self._extension is not None:
             self._extension.restored()
 
-    def _restore_locked(self, path: str, applied_index: int) -> None:
+    def _restore_source(self, path: str) -> str:
+        """A private copy of `path` to restore from, in this database's page size (ValueError:
+        SQLite cannot make one). Nothing of this database has changed yet."""
         page_size = self._writer.conn.execute("PRAGMA page_size").fetchall()[0][0]
-        source_path = restore_copy(path, self.path + ".restore", page_size)
+        return restore_copy(path, self.path + ".restore", page_size)
+
+    def _restore_from(self, source_path: str, applied_index: int) -> None:
         try:
             self._book.load_from(source_path, applied_index)  # out of the copy, first
             source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)

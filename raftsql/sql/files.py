@@ -32,6 +32,9 @@ def restore_copy(path: str, copy: str, page_size: int) -> str:
     except (apsw.NotADBError, apsw.CorruptError) as e:
         remove_db_files(copy)
         raise ValueError(f"not a SQLite database: {e}") from e
+    except apsw.Error as e:  # e.g. an index on a collation this SQLite does not know
+        remove_db_files(copy)
+        raise ValueError(f"a SQLite database this node cannot copy: {e}") from e
     return copy
 
 

@@ -13,10 +13,16 @@ The rules are the entries', so every node decides the same: chunk 0 starts a loa
 any other open one; a chunk that does not follow its load's previous one (a leader change cut
 a load short, and another leader started again), or a file that fails its check or is not a
 SQLite database, ends the load with an error result and drops its chunks; `seq == -1` aborts.
+
+Replacing the database is made crash-safe by a marker: the assembled file is fsynced and
+`db.sqlite.load-index` names the entry it belongs to before the database is touched, and
+both go once the new database is durable. A node that died in between finds the marker at
+start and does the replacement again from the file (the chunks are gone by then).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from collections.abc import Iterator
@@ -126,3 +132,52 @@ class Loads:
         where = "" if load is None else " AND load = ?"
         self._conn.execute(f"UPDATE load_chunks SET dropped = ? WHERE dropped IS NULL{where}",
                            (index,) if load is None else (index, load))
+
+
+def foreign_tables(path: str) -> list[str]:
+    """raftsql's bookkeeping tables in the database file at `path` (only raftsql_kv, the
+    config store's keys, may come with a file a user loads: the rest are a snapshot's)."""
+    conn = apsw.Connection(f"file:{path}?immutable=1",
+                           flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    try:
+        return [name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE name LIKE 'raftsql\\_%' ESCAPE '\\' "
+            "AND name != 'raftsql_kv' ORDER BY name")]
+    finally:
+        conn.close()
+
+
+def mark(db_path: str, file: str, index: int) -> None:
+    """`file` (assembled) replaces the database at entry `index`: durable before it starts."""
+    _fsync(file)
+    marker = db_path + ".load-index"
+    with open(marker + ".tmp", "w") as f:
+        f.write(f"{index} {file}")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(marker + ".tmp", marker)
+    _fsync(os.path.dirname(marker) or ".")
+
+
+def pending(db_path: str) -> tuple[int, str] | None:
+    """A replacement that a crash cut short: (entry, file), or None."""
+    try:
+        with open(db_path + ".load-index") as f:
+            index, _, file = f.read().partition(" ")
+    except FileNotFoundError:
+        return None
+    return (int(index), file) if os.path.exists(file) else None
+
+
+def unmark(db_path: str, file: str) -> None:
+    for path in (db_path + ".load-index", file):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

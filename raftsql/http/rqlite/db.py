@@ -41,7 +41,7 @@ from raftsql.sql.backup import dump_statements
 from raftsql.sql.command import Op, ReadOptions, Replayed, StatementResult
 from raftsql.sql.files import unreadable
 from raftsql.sql.keys import valid_key
-from raftsql.sql.load import CHUNK_BYTES
+from raftsql.sql.load import CHUNK_BYTES, foreign_tables
 from raftsql.sql.params import disallowed_pragma, is_empty
 from raftsql.sql.service import Level
 
@@ -298,6 +298,10 @@ async def _staged(req: _Request, head: bytes) -> AsyncIterator[str]:
         problem = await asyncio.to_thread(unreadable, path)
         if problem is not None:
             raise RequestError(400, f"not a SQLite database: {problem}")
+        foreign = await asyncio.to_thread(foreign_tables, path)
+        if foreign:
+            raise RequestError(400, f"the file holds raftsql's bookkeeping ({', '.join(foreign)})"
+                               ": a snapshot, not a database to load")
         yield path
     finally:
         with contextlib.suppress(FileNotFoundError):
