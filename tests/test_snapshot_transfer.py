@@ -189,3 +189,26 @@ async def test_another_nodes_copy_of_the_same_snapshot_is_fetched_afresh(tmp_pat
             await asyncio.sleep(0.01)
     with open(files.path(7, 2), "rb") as f:
         assert f.read() == theirs
+
+
+def test_a_snapshot_of_the_first_format_is_moved_to_its_file(tmp_path):
+    import orjson
+
+    from raftsql.node.snapshots import upgrade_stored
+    from raftsql.raft.messages import Entry
+    from raftsql.storage import Storage
+
+    storage = Storage(str(tmp_path / "raft"))
+    storage.append([Entry(1, i) for i in range(1, 6)])
+    storage.sync()
+    head = orjson.dumps({"v": 1, "peers": {"n2": ["h:2", "http://h:1"]}})
+    storage.save_snapshot(Snapshot(SnapshotMeta(5, 1), len(head).to_bytes(4, "big") + head + STATE))
+    files = SnapshotFiles(str(tmp_path / "snapshots"))
+    upgrade_stored(storage, files)
+    with open(files.path(5, 1), "rb") as f:
+        assert f.read() == STATE
+    header = Header.decode(storage.load_snapshot().data, 5)
+    assert (header.size, header.crc, header.peers) == (len(STATE), zlib.crc32(STATE),
+                                                       {"n2": ["h:2", "http://h:1"]})
+    upgrade_stored(storage, files)  # once only: now it has its file
+    storage.close()

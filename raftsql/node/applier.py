@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from raftsql.errors import RaftSQLError, StorageError
 from raftsql.node.addresses import AddressBook
 from raftsql.node.metrics import NodeMetrics
-from raftsql.node.snapshots import Header
+from raftsql.node.snapshots import Header, upgrade_stored
 from raftsql.node.waiting import Applied
 from raftsql.raft.messages import Entry, EntryType, Snapshot
 from raftsql.storage import Storage
@@ -114,6 +114,7 @@ class Applier:
         recover = getattr(self._sm, "recover", None)
         if recover is not None:
             recover(storage.last_index, functools.partial(stored_after, storage))
+        upgrade_stored(storage, self._files)
         meta = storage.snapshot_meta
         self.snapshot_index = meta.index
         if self._sm.applied_index() < meta.index:

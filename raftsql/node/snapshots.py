@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
@@ -25,7 +26,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from raftsql.errors import StorageError, TransportError
-from raftsql.raft.messages import Message
+from raftsql.raft.messages import Message, Snapshot
+from raftsql.storage import Storage
 from raftsql.storage.snapshots import SnapshotFiles, checksum
 
 log = logging.getLogger("raftsql.node")
@@ -67,6 +69,33 @@ class Header:
             raise StorageError(f"snapshot {index}: unreadable header ({e})") from None
         raise StorageError(f"snapshot {index}: unsupported version {version!r} (this node "
                            f"reads version {SNAPSHOT_VERSION})")
+
+
+def upgrade_stored(storage: Storage, files: SnapshotFiles) -> None:
+    """A snapshot saved by raftsql before the state moved to a file of its own (version 1:
+    a length, a JSON header, then the state, all in the Raft log's snapshot file): move its
+    state to its file and save it again with a version 2 header. Once, at start."""
+    meta = storage.snapshot_meta
+    if not meta.index or files.has(meta.index, meta.term):
+        return
+    stored = storage.load_snapshot()
+    assert stored is not None
+    data = stored.data
+    n = int.from_bytes(data[:4], "big")
+    try:
+        old = orjson.loads(data[4 : 4 + n])
+    except ValueError:
+        old = None
+    if type(old) is not dict or old.get("v") != 1:
+        raise StorageError(f"snapshot {meta.index}: its state file "
+                           f"{files.path(meta.index, meta.term)} is missing")
+    state = memoryview(data)[4 + n :]
+    with open(files.partial(meta.index, meta.term, own=True), "wb") as f:
+        f.write(state)
+    files.install(meta.index, meta.term, own=True)
+    header = Header(dict(old.get("peers", {})), len(state), zlib.crc32(state))
+    storage.save_snapshot(Snapshot(meta, header.encode()))
+    log.info("snapshot %d moved to %s (format 2)", meta.index, files.path(meta.index, meta.term))
 
 
 class SnapshotReceiver:

@@ -387,7 +387,8 @@ class Storage:
         self.snapshot_meta = meta
         if (meta.index, meta.term) == (base.index, base.term):
             self.log_base = meta  # a log of format 1 does not record the membership
-        elif self.term(meta.index) != meta.term:
+        elif self.term(meta.index) != meta.term or (base.index and not base.conf.members()):
+            # (the latter: a base of format 1, with no membership: start at the snapshot's)
             self._compact_to(meta, None)
             return
         if self.hard_state.commit < meta.index:  # everything a snapshot holds is committed
