@@ -313,3 +313,16 @@ async def test_the_restore_command_loads_a_dump_or_says_why_not(pair, tmp_path) 
                               "applied): table \"odd name\" already exists\n")
     code, err = await raftsql("restore", pair.lurl, str(tmp_path / "missing.sql"))
     assert code == 1 and "missing.sql: No such file or directory" in err
+
+
+async def test_an_upload_the_disk_cannot_hold_is_refused(pair, monkeypatch) -> None:
+    import shutil
+
+    from raftsql.http.rqlite import db as routes
+
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(routes.shutil, "disk_usage",
+                        lambda path: usage._replace(free=routes.DISK_RESERVE + 1000))
+    resp = await pair.lc.post("/db/load", data=b"SQLite format 3\x00" + bytes(10_000))
+    assert resp.status == 507 and "free disk space" in await resp.text()
+    assert contents(pair.leader.database.path) == ([], {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,7 @@ from raftsql.sql.params import disallowed_pragma, is_empty
 from raftsql.sql.service import Level
 
 QUEUE_WAIT_TIMEOUT = "queue wait timeout"
+DISK_RESERVE = 256 << 20  # free space an upload leaves for the log and the database
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BAD_KEY = f"{IDEMPOTENCY_KEY} must be 1 to 128 printable ASCII characters"
 WRITE = Route(json=True, write=True, timeout="timeout waiting for commit")
@@ -287,12 +289,24 @@ async def _staged(req: _Request, head: bytes) -> AsyncIterator[str]:
     """The rest of the upload (after `head`) in a file beside the database, which SQLite
     can read (else RequestError 400), removed afterwards. Never in memory as a whole."""
     path = f"{req.state.sql.database.path}.upload-{uuid.uuid4().hex}"
+    folder = os.path.dirname(path)
+    # A load needs about three times the file (the upload, its chunks, the new database);
+    # the Raft log must never be the one to find the disk full.
+    wanted = 3 * (req.http.content_length or 0) + DISK_RESERVE
+    if shutil.disk_usage(folder).free < wanted:
+        raise RequestError(507, f"not enough free disk space for this upload (about {wanted} "
+                           "bytes needed beside the database)")
     try:
         try:
             with open(path, "wb") as f:
                 f.write(head)
+                written = 0
                 async for block in req.http.content.iter_chunked(1 << 20):
                     f.write(block)  # into the page cache: quick enough for the loop
+                    written += len(block)
+                    if written % (64 << 20) < len(block) and (
+                            shutil.disk_usage(folder).free < 2 * written + DISK_RESERVE):
+                        raise RequestError(507, "not enough free disk space for this upload")
         except OSError as e:
             raise RequestError(503, f"cannot stage the upload: {e}") from None
         problem = await asyncio.to_thread(unreadable, path)
