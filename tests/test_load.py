@@ -156,7 +156,7 @@ def test_a_crash_while_the_database_is_replaced_is_finished_at_start(tmp_path, s
     def dies(self, source, index):
         raise KeyboardInterrupt  # the process dies once the file and its marker are durable
 
-    monkeypatch.setattr(Database, "_restore_from", dies)
+    monkeypatch.setattr(Database, "restore_from", dies)
     with pytest.raises(KeyboardInterrupt):
         db.apply(chunks[-1:])
     monkeypatch.undo()

@@ -29,9 +29,8 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 
 from raftsql.errors import (
     ClusterError,
@@ -43,6 +42,7 @@ from raftsql.errors import (
 from raftsql.node.addresses import AddressBook, Member, addr_context
 from raftsql.node.applier import Applier, StateMachine, Work
 from raftsql.node.clock import Clock, RealClock
+from raftsql.node.config import NodeConfig, PeerTransport
 from raftsql.node.membership import Membership
 from raftsql.node.metrics import NodeMetrics
 from raftsql.node.persist import PersistThread
@@ -74,50 +74,6 @@ _LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPS
 # Trailing entries kept before a snapshot hold at most this much data: they are in memory, and
 # a follower further behind than that (big writes, a load) is better served by the snapshot.
 TRAILING_BYTES = 8 << 20
-
-
-@dataclass
-class NodeConfig:
-    node_id: str = "n1"
-    data_dir: str = "raftsql-data"
-    http_addr: str = "127.0.0.1:4001"
-    raft_addr: str | None = None  # where peers reach this node; default: the HTTP address
-    initial_cluster: dict[str, str] = field(default_factory=dict)  # id -> raft addr
-    join: list[str] = field(default_factory=list)
-    non_voter: bool = False
-    heartbeat_ms: int = 100
-    election_ms: int = 1000
-    snapshot_threshold: int = 8192  # entries applied since the latest snapshot...
-    snapshot_threshold_bytes: int = 64 * 2**20  # ...or bytes of their commands (0: no limit)
-    trailing_logs: int = 10240  # entries kept before a snapshot (at most TRAILING_BYTES)
-    cluster_secret: str | None = None
-
-    @property
-    def advertised_raft_addr(self) -> str:
-        return self.raft_addr or self.http_addr
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.http_addr}"
-
-
-class PeerTransport(Protocol):
-    """What the driver needs of a transport (transport/websocket.py, transport/inmem.py)."""
-
-    def bind(self, deliver: Callable[[list[Message]], None], *,
-             attach_snapshot: Callable[[Message], Message | None],
-             snapshot_file: Callable[[int, int], str | None],
-             on_peer_api: Callable[[str, str], None]) -> None: ...
-    async def fetch_snapshot(self, raft_addr: str, index: int, term: int, offset: int,
-                             out: BinaryIO) -> None: ...
-    def set_peer(self, node_id: str, raft_addr: str) -> None: ...
-    def send(self, messages: list[Message]) -> None: ...
-    def on_rpc(self, name: str, handler: Any) -> None: ...
-    async def call(self, raft_addr: str, name: str, payload: dict[str, Any],
-                   timeout: float = 5.0) -> dict[str, Any]: ...
-    async def start(self) -> None: ...
-    async def listen(self, addr: str) -> None: ...
-    async def close(self) -> None: ...
 
 
 class Node:

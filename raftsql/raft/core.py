@@ -21,7 +21,6 @@ from raftsql.raft import progress as tracker
 from raftsql.raft.log import RaftLog
 from raftsql.raft.messages import (
     ConfChange,
-    ConfChangeType,
     Config,
     ConfState,
     Entry,
@@ -159,14 +158,9 @@ class Raft:
             return None  # §4.1: one change at a time; the previous one is not committed
         if self._log.term(self._log.commit) != self._term:
             return None  # raft-dev 2015 fix: commit an entry of this term before a change
-        if tracker.apply_change(self.conf, cc) is None and not (
-                cc.context and cc.node_id in self._member_list(cc.type)):
-            return None  # a no-op, unless it re-adds a member with a new context (address)
+        if tracker.apply_change(self.conf, cc) is None and not tracker.readds(self.conf, cc):
+            return None
         return self._propose(EntryType.CONF_CHANGE, cc.encode())
-
-    def _member_list(self, kind: ConfChangeType) -> tuple[NodeId, ...]:
-        return {ConfChangeType.ADD_VOTER: self.conf.voters,
-                ConfChangeType.ADD_LEARNER: self.conf.learners}.get(kind, ())
 
     def read_index(self, context: bytes) -> bool:
         if self._role is Role.LEADER:

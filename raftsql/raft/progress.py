@@ -203,6 +203,13 @@ def apply_change(conf: ConfState, cc: ConfChange) -> ConfState | None:
     return ConfState(voters, learners)
 
 
+def readds(conf: ConfState, cc: ConfChange) -> bool:
+    """Whether `cc` adds a member in the role it has, with a context (its new addresses):
+    no change of membership, yet an entry the driver needs."""
+    members = {ConfChangeType.ADD_VOTER: conf.voters, ConfChangeType.ADD_LEARNER: conf.learners}
+    return bool(cc.context) and cc.node_id in members.get(cc.type, ())
+
+
 def bootstrap_entries(conf: ConfState, context: Mapping[str, bytes]) -> list[Entry]:
     """A new cluster's membership as entries 1..n of term 1, ids sorted: identical on every
     initial member, whatever order each was given the list in (as etcd bootstraps).

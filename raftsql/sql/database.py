@@ -55,7 +55,7 @@ from typing import Any
 import apsw
 
 from raftsql.errors import StorageError
-from raftsql.sql import keys, load
+from raftsql.sql import backup, keys, load
 from raftsql.sql.command import (
     Command,
     Op,
@@ -69,7 +69,6 @@ from raftsql.sql.extension import Extension
 from raftsql.sql.files import remove_db_files, restore_copy
 from raftsql.sql.header import resolve_index, stored_index
 from raftsql.sql.keys import KeyStore
-from raftsql.sql.load import Chunk, Loads
 from raftsql.sql.params import BadStatementError, disallowed_pragma, is_empty, validate_statements
 from raftsql.sql.readers import Readers
 from raftsql.sql.session import (
@@ -209,7 +208,9 @@ class Database:
         some were compacted away. With it, a keys file found behind the database (a power
         cut, raftsql/sql/keys.py) is checked against the log, and the database starts over
         (from the snapshot, which the driver then restores) when it cannot be trusted."""
-        self._finish_load()
+        finished = load.finish_cut(self)  # a load a crash cut short (sql/load.py)
+        if finished is not None:
+            self._stored_index = stored_index(finished)
         try:
             self._applied = resolve_index(self._stored_index, log_end)
         except ValueError as e:
@@ -423,64 +424,27 @@ class Database:
     def _apply_load(self, batch: _Batch, index: int, cmd: Command) -> list[StatementResult]:
         """A chunk of a SQLite file being loaded (raftsql/sql/load.py); the last one replaces
         the database with the file, between two transactions of the batch."""
-        try:
-            chunk = Chunk.decode(cmd.statements, cmd.payload)
-        except (ValueError, TypeError) as e:
-            return [StatementResult(error=f"invalid load chunk: {e}")]
         if self._limits.deadline is not None:
             raise _OverBudget  # a load's last chunk commits mid-batch: never inline
         self._book.begin()
-        loads = Loads(self._book.conn)
-        error = loads.add(index, chunk)
-        if error is None and chunk.seq == chunk.total - 1:
-            path = self.path + ".load"
-            error = loads.assemble(index, chunk, path)
-            if error is None:
-                error = self._outside_transaction(batch, lambda: self._load_file(path, index))
-                if error is not None:
-                    self._book.begin()
-                    loads.drop(index, chunk.load)
+        error = load.apply(self._book.conn, index, cmd.statements, cmd.payload,
+                           self.path + ".load", lambda file: self._outside_transaction(
+                               batch, lambda: self._replaced_by(file, index)), self._book.begin)
         return [StatementResult(error=error)] if error else []
 
-    def _load_file(self, path: str, index: int) -> str | None:
-        """Replace the database with the assembled file, or say why not (nothing changed)."""
-        try:
-            source = self._restore_source(path)
-            foreign = load.foreign_tables(source)
-        except (ValueError, apsw.Error) as e:
-            remove_db_files(path)
-            return f"the file is {e}: nothing loaded"
-        if foreign:
-            remove_db_files(source)
-            remove_db_files(path)
-            return (f"the file holds raftsql's bookkeeping ({', '.join(foreign)}): a snapshot, "
-                    "not a database to load: nothing loaded")
-        load.mark(self.path, path, index)
-        self._restore_from(source, index)
-        self._made_durable_then(lambda: load.unmark(self.path, path))
-        if self._extension is not None:
+    def _replaced_by(self, file: str, index: int) -> str | None:
+        error = load.replace(self, file, index)
+        if error is None and self._extension is not None:
             self._extension.restored()
-        return None
+        return error
 
-    def _made_durable_then(self, done: Callable[[], None]) -> None:
-        """Checkpoint the whole WAL into the fsynced file, then `done()`; if readers keep the
-        checkpoint from finishing, not (what `done` ends is then redone at the next start)."""
-        with contextlib.suppress(apsw.BusyError):
+    def checkpoint_durably(self) -> bool:
+        """Copy the whole WAL into the fsynced file; False if readers kept it from finishing."""
+        try:
             wal, copied = self._writer.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)
-            if wal == copied:
-                done()
-
-    def _finish_load(self) -> None:
-        """At start: a load's replacement that a crash cut short is done again (sql/load.py)."""
-        cut = load.pending(self.path)
-        if cut is None:
-            return
-        index, file = cut
-        log.warning("%s: finishing the load of entry %d that a crash cut short", self.path,
-                    index)
-        self._restore_from(self._restore_source(file), index)
-        self._stored_index = stored_index(index)
-        self._made_durable_then(lambda: load.unmark(self.path, file))
+        except apsw.BusyError:
+            return False
+        return bool(wal == copied)
 
     def _apply_extension(self, index: int, cmd: Command) -> Any:
         if self._extension is None:
@@ -597,23 +561,11 @@ class Database:
             if self._dirty:
                 self._apply_batch(_Batch([], []))
             applied = self._applied
-        remove_db_files(path)
-        source = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            target = apsw.Connection(path)
-            try:
-                with target.backup("main", source, "main") as backup:
-                    backup.step()
-                target.execute("PRAGMA journal_mode=DELETE").fetchall()
-            finally:
-                target.close()
-        finally:
-            source.close()
+        backup.copy(self.path, path)  # the index in its header is cleared: restore sets it
         with self._lock:
             self._book.copy_into(path)
             self._book.stamp_durably(applied)  # the log may be compacted up to here next
-        # No fsync: the caller reads the file back and stores the snapshot durably itself
-        # (Storage.save_snapshot), then deletes this copy.
+        # No fsync: the caller checks the file and installs it durably (storage/snapshots.py).
         return applied
 
     def restore(self, path: str, applied_index: int) -> None:
@@ -622,17 +574,19 @@ class Database:
         database, never a mix. Raises ValueError when `path` is not a SQLite database.
         """
         with self._lock:
-            self._restore_from(self._restore_source(path), applied_index)
+            self.restore_from(self.restore_source(path), applied_index)
         if self._extension is not None:
             self._extension.restored()
 
-    def _restore_source(self, path: str) -> str:
+    def restore_source(self, path: str) -> str:
         """A private copy of `path` to restore from, in this database's page size (ValueError:
         SQLite cannot make one). Nothing of this database has changed yet."""
         page_size = self._writer.conn.execute("PRAGMA page_size").fetchall()[0][0]
         return restore_copy(path, self.path + ".restore", page_size)
 
-    def _restore_from(self, source_path: str, applied_index: int) -> None:
+    def restore_from(self, source_path: str, applied_index: int) -> None:
+        """Replace the database with the private copy at `source_path` (restore_source),
+        which holds everything up to `applied_index`; the copy is removed."""
         try:
             self._book.load_from(source_path, applied_index)  # out of the copy, first
             source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)

@@ -23,15 +23,19 @@ start and does the replacement again from the file (the chunks are gone by then)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import apsw
 
+from raftsql.sql.files import remove_db_files
 from raftsql.sql.sidecar import Table
+
+log = logging.getLogger("raftsql.sql")
 
 CHUNK_BYTES = 1 << 20  # of the file per entry
 _SCHEMA = """
@@ -181,3 +185,67 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Target(Protocol):
+    """What a load replaces: the Database (sql/database.py)."""
+
+    path: str
+
+    def restore_source(self, path: str) -> str: ...
+    def restore_from(self, source_path: str, applied_index: int) -> None: ...
+    def checkpoint_durably(self) -> bool: ...
+
+
+def apply(conn: apsw.Connection, index: int, statements: list[Any], payload: bytes,
+          file: str, replace_with: Callable[[str], str | None],
+          begin: Callable[[], None]) -> str | None:
+    """Apply the chunk entry `index` in the sidecar transaction on `conn`: the error text of
+    its result, or None. The last chunk assembles the load into `file` and hands it to
+    `replace_with` (which commits the batch so far first, and may begin anew: `begin`)."""
+    try:
+        chunk = Chunk.decode(statements, payload)
+    except (ValueError, TypeError) as e:
+        return f"invalid load chunk: {e}"
+    loads = Loads(conn)
+    error = loads.add(index, chunk)
+    if error is None and chunk.seq == chunk.total - 1:
+        error = loads.assemble(index, chunk, file) or replace_with(file)
+        if error is not None:  # (drop again after assemble's own drop: harmless)
+            begin()
+            loads.drop(index, chunk.load)
+    return error
+
+
+def replace(db: Target, file: str, index: int) -> str | None:
+    """Replace the database with the assembled `file` at entry `index`, or say why not
+    (nothing changed): made crash-safe by the marker (see the module docstring)."""
+    try:
+        source = db.restore_source(file)
+        foreign = foreign_tables(source)
+    except (ValueError, apsw.Error) as e:
+        remove_db_files(file)
+        return f"the file is {e}: nothing loaded"
+    if foreign:
+        remove_db_files(source)
+        remove_db_files(file)
+        return (f"the file holds raftsql's bookkeeping ({', '.join(foreign)}): a snapshot, "
+                "not a database to load: nothing loaded")
+    mark(db.path, file, index)
+    db.restore_from(source, index)
+    if db.checkpoint_durably():
+        unmark(db.path, file)
+    return None
+
+
+def finish_cut(db: Target) -> int | None:
+    """At start: a replacement a crash cut short is done again; its entry, or None."""
+    cut = pending(db.path)
+    if cut is None:
+        return None
+    index, file = cut
+    log.warning("%s: finishing the load of entry %d that a crash cut short", db.path, index)
+    db.restore_from(db.restore_source(file), index)
+    if db.checkpoint_durably():
+        unmark(db.path, file)
+    return index

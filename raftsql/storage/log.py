@@ -57,6 +57,13 @@ from typing import Protocol
 
 from raftsql.errors import StorageError
 from raftsql.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from raftsql.storage.snapfile import (
+    decode_names,
+    decode_snapshot,
+    encode_names,
+    encode_snapshot,
+    read_snapshot_meta,
+)
 
 LOG_NAME = "log"
 SNAPSHOT_NAME = "snapshot"
@@ -71,9 +78,6 @@ _MIN_LENGTH = {_BASE: _BASE_BODY.size, _ENTRY: _ENTRY_HEAD.size, _HARD_STATE: _H
 _TYPE_BYTE = re.compile(b"[\x01-\x03]")  # where a record's type byte could be
 _ENTRY_TYPES = {int(t): t for t in EntryType}
 
-_SNAP_MAGIC = b"RSQLSNP1"
-_SNAP_HEADER = struct.Struct("<8sII")  # magic, meta length, meta crc
-_SNAP_META = struct.Struct("<QQQI")  # index, term, data length, data crc; then the conf
 
 
 class AppendFile(Protocol):
@@ -222,7 +226,7 @@ class Storage:
         try:
             if not self._fs.exists(self._snap_path):
                 return None
-            return _decode_snapshot(self._fs.read(self._snap_path), self._snap_path)
+            return decode_snapshot(self._fs.read(self._snap_path), self._snap_path)
         except OSError as exc:
             raise self._fail("reading the snapshot", exc) from exc
 
@@ -286,7 +290,7 @@ class Storage:
         if meta.index < self.snapshot_meta.index:
             return
         try:
-            self._fs.write_atomic(self._snap_path, _encode_snapshot(snapshot))
+            self._fs.write_atomic(self._snap_path, encode_snapshot(snapshot))
         except OSError as exc:
             raise self._fail("writing the snapshot", exc) from exc
         self.snapshot_meta = meta
@@ -313,7 +317,7 @@ class Storage:
                 fs.remove(f"{self._dir}/{name}")
         snapshot_meta = SnapshotMeta()
         if fs.exists(self._snap_path):
-            snapshot_meta = _read_snapshot_meta(fs, self._snap_path)
+            snapshot_meta = read_snapshot_meta(fs.read, self._snap_path)
         elif not fs.exists(self._log_path):
             fs.write_atomic(self._log_path, [_base_record(SnapshotMeta())])
         if not fs.exists(self._log_path):
@@ -449,7 +453,7 @@ def _record(body: bytes) -> bytes:
 
 
 def _base_record(base: SnapshotMeta) -> bytes:
-    conf = _encode_names(base.conf.voters) + _encode_names(base.conf.learners)
+    conf = encode_names(base.conf.voters) + encode_names(base.conf.learners)
     return _record(_BASE_BODY.pack(_BASE, FORMAT_VERSION, base.index, base.term) + conf)
 
 
@@ -527,8 +531,8 @@ def _decode_base(data: bytes, start: int, stop: int, path: str) -> SnapshotMeta:
         raise StorageError(f"{path}: unknown log format version {version}")
     try:
         body = data[: stop]
-        voters, off = _decode_names(body, start + _BASE_BODY.size)
-        learners, off = _decode_names(body, off)
+        voters, off = decode_names(body, start + _BASE_BODY.size)
+        learners, off = decode_names(body, off)
     except struct.error as exc:
         raise StorageError(f"{path}: corrupt base record ({exc})") from exc
     if off != stop:
@@ -540,62 +544,3 @@ def _decode_hard_state(data: bytes, start: int, stop: int) -> HardState:
     _, term, commit, has_vote = _HARD_STATE_HEAD.unpack_from(data, start)
     vote = data[start + _HARD_STATE_HEAD.size : stop].decode() if has_vote else None
     return HardState(term=term, vote=vote, commit=commit)
-
-
-# -- the snapshot file ---------------------------------------------------------------------
-
-
-def _encode_names(names: Sequence[str]) -> bytes:
-    out = [struct.pack("<H", len(names))]
-    for name in names:
-        raw = name.encode()
-        out.append(struct.pack("<H", len(raw)) + raw)
-    return b"".join(out)
-
-
-def _decode_names(data: bytes, off: int) -> tuple[tuple[str, ...], int]:
-    (count,) = struct.unpack_from("<H", data, off)
-    off += 2
-    names = []
-    for _ in range(count):
-        (size,) = struct.unpack_from("<H", data, off)
-        names.append(data[off + 2 : off + 2 + size].decode())
-        off += 2 + size
-    return tuple(names), off
-
-
-def _encode_snapshot(snapshot: Snapshot) -> list[bytes]:
-    meta, data = snapshot.meta, snapshot.data
-    body = _SNAP_META.pack(meta.index, meta.term, len(data), zlib.crc32(data))
-    body += _encode_names(meta.conf.voters) + _encode_names(meta.conf.learners)
-    return [_SNAP_HEADER.pack(_SNAP_MAGIC, len(body), zlib.crc32(body)), body, data]
-
-
-def _parse_snapshot_meta(head: bytes, path: str) -> tuple[SnapshotMeta, int, int, int]:
-    """(meta, offset of the data, data length, data crc) from the start of the file."""
-    try:
-        magic, size, crc = _SNAP_HEADER.unpack_from(head, 0)
-        body = head[_SNAP_HEADER.size : _SNAP_HEADER.size + size]
-        if magic != _SNAP_MAGIC or len(body) != size or zlib.crc32(body) != crc:
-            raise ValueError("bad magic or checksum")
-        index, term, data_len, data_crc = _SNAP_META.unpack_from(body, 0)
-        voters, off = _decode_names(body, _SNAP_META.size)
-        learners, _ = _decode_names(body, off)
-    except (struct.error, ValueError) as exc:
-        raise StorageError(f"{path}: corrupt snapshot header ({exc})") from exc
-    meta = SnapshotMeta(index=index, term=term, conf=ConfState(voters, learners))
-    return meta, _SNAP_HEADER.size + size, data_len, data_crc
-
-
-def _read_snapshot_meta(fs: FileSystem, path: str) -> SnapshotMeta:
-    head = fs.read(path, _SNAP_HEADER.size)
-    size = _SNAP_HEADER.unpack_from(head, 0)[1] if len(head) == _SNAP_HEADER.size else 0
-    return _parse_snapshot_meta(fs.read(path, _SNAP_HEADER.size + size), path)[0]
-
-
-def _decode_snapshot(raw: bytes, path: str) -> Snapshot:
-    meta, off, data_len, data_crc = _parse_snapshot_meta(raw, path)
-    data = raw[off:]
-    if len(data) != data_len or zlib.crc32(data) != data_crc:
-        raise StorageError(f"{path}: corrupt snapshot data")
-    return Snapshot(meta, data)

@@ -3,13 +3,18 @@ RPC's caller as themselves."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from raftsql import errors
-from raftsql.errors import TransportError
+from raftsql.errors import RaftSQLError, TransportError
+
+log = logging.getLogger("raftsql.transport")
 
 ERROR_HEADER = "X-Raftsql-Error"  # why a peer request was refused
 # Errors a handler may raise that `call()` re-raises as the same type on the caller's side.
@@ -52,3 +57,45 @@ async def serve_app(app: web.Application, addr: str) -> web.AppRunner:
     await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port),
                       reuse_address=True).start()
     return runner
+
+
+async def serve_rpc(request: web.Request, handlers: dict[str, Any], node_id: str
+                    ) -> web.Response:
+    """POST /raft/rpc/<name>: the handler's JSON answer; its RaftSQLErrors as 409 with their
+    kind, which `call_rpc` raises again on the caller's side."""
+    name = request.match_info["name"]
+    handler = handlers.get(name)
+    if handler is None:
+        return json_response(404, {"error": f"unknown raft rpc {name!r}"})
+    try:
+        payload = orjson.loads(await request.read())
+    except (ValueError, web.HTTPException) as exc:
+        return json_response(400, {"error": f"bad rpc body: {exc}"})
+    if type(payload) is not dict:
+        return json_response(400, {"error": "rpc body must be a JSON object"})
+    try:
+        result = await handler(payload)
+    except RaftSQLError as exc:
+        body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+        if isinstance(exc, errors.NotLeaderError):
+            body.update(leader_id=exc.leader_id, leader_url=exc.leader_url)
+        return json_response(409, body)
+    except Exception:
+        log.exception("node=%s rpc %s failed", node_id, name)
+        return json_response(500, {"error": f"rpc {name} failed on node {node_id}"})
+    return json_response(200, result)
+
+
+async def call_rpc(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                   raft_addr: str, name: str, payload: dict[str, Any], timeout: float,
+                   ssl: Any) -> dict[str, Any]:
+    """POST `payload` to the peer's RPC `url`; its result, or its error raised here."""
+    try:
+        async with asyncio.timeout(timeout), session.post(
+            url, data=orjson.dumps(payload),
+            headers={**headers, "Content-Type": "application/json"}, ssl=ssl,
+        ) as resp:
+            status, body = resp.status, await resp.read()
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"rpc {name} to {raft_addr} failed: {exc}") from exc
+    return rpc_result(raft_addr, name, status, body)

@@ -39,11 +39,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 import aiohttp
-import orjson
 from aiohttp import WSMsgType, web
 
-from raftsql import errors
-from raftsql.errors import RaftSQLError, TransportError
+from raftsql.errors import TransportError
 from raftsql.raft.messages import Message, MessageType
 from raftsql.transport.codec import (
     CHUNK_OVERHEAD,
@@ -53,7 +51,8 @@ from raftsql.transport.codec import (
     encode_batch,
     split_frame,
 )
-from raftsql.transport.rpc import json_response, rpc_result, serve_app, text_response
+from raftsql.transport.rpc import call_rpc, serve_app, serve_rpc, text_response
+from raftsql.transport.states import fetch_state, serve_state
 from raftsql.transport.streams import Acker, Link, Peer, dial_error
 
 log = logging.getLogger("raftsql.transport")
@@ -534,27 +533,7 @@ class Transport:
         if refusal is not None:
             return refusal
         self._note_peer_api(request)
-        name = request.match_info["name"]
-        handler = self._rpc.get(name)
-        if handler is None:
-            return json_response(404, {"error": f"unknown raft rpc {name!r}"})
-        try:
-            payload = orjson.loads(await request.read())
-        except (ValueError, web.HTTPException) as exc:
-            return json_response(400, {"error": f"bad rpc body: {exc}"})
-        if type(payload) is not dict:
-            return json_response(400, {"error": "rpc body must be a JSON object"})
-        try:
-            result = await handler(payload)
-        except RaftSQLError as exc:
-            body: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
-            if isinstance(exc, errors.NotLeaderError):
-                body.update(leader_id=exc.leader_id, leader_url=exc.leader_url)
-            return json_response(409, body)
-        except Exception:
-            log.exception("node=%s rpc %s failed", self.node_id, name)
-            return json_response(500, {"error": f"rpc {name} failed on node {self.node_id}"})
-        return json_response(200, result)
+        return await serve_rpc(request, self._rpc, self.node_id)
 
     async def call(self, raft_addr: str, name: str, payload: dict[str, Any],
                    timeout: float = 5.0) -> dict[str, Any]:
@@ -563,59 +542,24 @@ class Transport:
         Raises TransportError (unreachable, refused, bad reply), the handler's own
         NotLeaderError / LeadershipLostError / ClusterError, or TimeoutError.
         """
-        session = self._session_or_new()
         url = f"{self._scheme}://{raft_addr}/raft/rpc/{name}"
-        headers = {**self._headers, "Content-Type": "application/json"}
-        try:
-            async with asyncio.timeout(timeout), session.post(
-                url, data=orjson.dumps(payload), headers=headers,
-                ssl=self._ssl if self._ssl is not None else True,
-            ) as resp:
-                status, body = resp.status, await resp.read()
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"rpc {name} to {raft_addr} failed: {exc}") from exc
-        return rpc_result(raft_addr, name, status, body)
+        return await call_rpc(self._session_or_new(), url, self._headers, raft_addr, name,
+                              payload, timeout, self._ssl if self._ssl is not None else True)
 
-    # ---- snapshot states --------------------------------------------------------------
+    # ---- snapshot states (transport/states.py) ---------------------------------------
 
     async def _handle_snapshot(self, request: web.Request) -> web.StreamResponse:
-        refusal = self._refusal(request)
-        if refusal is not None:
-            return refusal
-        try:
-            index, term = int(request.match_info["index"]), int(request.match_info["term"])
-        except ValueError:
-            return text_response(400, "snapshot index and term must be integers")
-        path = self._snapshot_file(index, term)
-        if path is None:
-            return text_response(404, f"no snapshot {index} of term {term} here")
-        return web.FileResponse(path, chunk_size=256 * 1024)  # answers Range with 206
+        return self._refusal(request) or serve_state(request, self._snapshot_file)
 
     async def fetch_snapshot(self, raft_addr: str, index: int, term: int, offset: int,
                              out: BinaryIO) -> None:
         """Append the state of snapshot (index, term) from byte `offset` on, as the peer at
-        `raft_addr` has it, to `out`. TransportError (status 404: it no longer has it);
-        whatever arrived before a failure stays written, to resume from."""
-        session = self._session_or_new()
+        `raft_addr` has it, to `out` (transport/states.py)."""
         url = f"{self._scheme}://{raft_addr}/raft/snapshot/{index}/{term}"
-        headers = {**self._headers, "Range": f"bytes={offset}-"}
-        try:
-            async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(
-                    sock_connect=self._connect_timeout, sock_read=self._peer_timeout),
-                    ssl=self._ssl if self._ssl is not None else True) as resp:
-                if resp.status not in (200, 206):
-                    text = (await resp.read())[:200].decode("utf-8", "replace")
-                    raise TransportError(f"snapshot {index} from {raft_addr}: {resp.status} "
-                                         f"{text}", resp.status)
-                if resp.status == 200 and offset:
-                    raise TransportError(f"snapshot {index} from {raft_addr}: no range support")
-                # Into the page cache: quick enough for the loop (installing it fsyncs).
-                async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
-                    out.write(chunk)
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"snapshot {index} from {raft_addr}: {exc}") from exc
-        finally:
-            out.flush()
+        await fetch_state(self._session_or_new(), url, self._headers, offset, out,
+                          timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout,
+                                                        sock_read=self._peer_timeout),
+                          ssl=self._ssl if self._ssl is not None else True)
 
     # ---- helpers ----------------------------------------------------------------------
 
