@@ -19,7 +19,7 @@ __all__ = ["ConfigStore", "Node", "NodeConfig", "__version__", "connect"]
 def __getattr__(name: str) -> Any:
     # Imported lazily so `raftsql --version` and the pure core stay light.
     if name in ("Node", "NodeConfig"):
-        from raftsql.node import node
+        from raftsql import node
 
         return getattr(node, name)
     if name == "connect":

@@ -2,6 +2,7 @@
 
 from raftsql.node.addresses import Member
 from raftsql.node.applier import StateMachine
-from raftsql.node.node import Node, NodeConfig
+from raftsql.node.config import NodeConfig
+from raftsql.node.node import Node
 
 __all__ = ["Member", "Node", "NodeConfig", "StateMachine"]
