@@ -7,6 +7,7 @@ core, the driver, storage and the simulator without defensive copies.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NodeId = str
@@ -150,11 +151,20 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
 
 
+def _data_size(e: Entry) -> int:
+    return len(e.data)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     election_ticks: int = 10  # randomized election timeout drawn from [election_ticks, 2*election_ticks)
     heartbeat_ticks: int = 1
     max_entries_per_msg: int = 1024  # batching: many entries per APPEND
+    # ...and at most this many bytes of them (0: no limit; always at least one entry), as
+    # `entry_size` counts them (the driver's: a reference to data kept beside the log
+    # counts as that data)
+    max_bytes_per_msg: int = 0
+    entry_size: Callable[[Entry], int] = field(default=_data_size, repr=False)
     max_inflight: int = 2  # APPEND batches in flight per follower in replicate state
     pre_vote: bool = True
     check_quorum: bool = True
@@ -164,3 +174,5 @@ class Config:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
         if self.max_entries_per_msg < 1 or self.max_inflight < 1:
             raise ValueError("max_entries_per_msg and max_inflight must be >= 1")
+        if self.max_bytes_per_msg < 0:
+            raise ValueError("max_bytes_per_msg must be >= 0")

@@ -103,7 +103,9 @@ def run_seed(seed: int, nodes: int | None = None, steps: int = DEFAULT_STEPS,
     return SeedResult(seed, sim.size, sim.stats, violation, sim.trace_lines() if show else [])
 
 
-def random_config(rng: random.Random) -> Config:
+def random_config(rng: random.Random, knobs: random.Random) -> Config:
+    """A core configuration; `knobs` draws those added later, so that adding one does not
+    reshuffle every seed's schedule (the tests pin seeds that hit rare bugs)."""
     election = rng.randint(4, 8)
     return Config(
         election_ticks=election,
@@ -112,6 +114,7 @@ def random_config(rng: random.Random) -> Config:
         max_inflight=rng.choice([1, 2, 4]),
         pre_vote=rng.random() < 0.85,
         check_quorum=rng.random() < 0.85,
+        max_bytes_per_msg=knobs.choice([0, 0, 1, 40]),  # commands are a few bytes each
     )
 
 
@@ -119,7 +122,7 @@ class Simulation(Cluster):
     def __init__(self, seed: int, nodes: int | None = None, *, trace: int | None = TRACE_EVENTS) -> None:
         rng = random.Random(seed)
         self.size = nodes or rng.randint(3, 7)
-        super().__init__(random_config(rng), rng, trace=trace)
+        super().__init__(random_config(rng, random.Random(f"knobs-{seed}")), rng, trace=trace)
         self.stats = Stats(seeds=1)
         self.flight: list[tuple[int, int, Message]] = []  # a heap of (due time, sequence, message)
         self.sent = 0

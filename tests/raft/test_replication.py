@@ -272,6 +272,21 @@ def test_flow_control_limits_batches_in_flight() -> None:
     assert net.log("b") == net.log("a")
 
 
+def test_batches_hold_at_most_max_bytes_per_msg_as_the_driver_counts_them() -> None:
+    """etcd's MaxSizePerMsg: entries are counted by `entry_size` (the driver's: data kept
+    beside the log counts as that data), and a batch holds at least one entry."""
+    weight = {b"big": 700, b"huge": 5000}
+    config = Config(max_entries_per_msg=100, max_inflight=100, max_bytes_per_msg=1000,
+                    entry_size=lambda e: weight.get(e.data, len(e.data)))
+    net = Network(ABC, config=config)
+    a = net.elect("a")
+    for data in [b"big", b"x", b"big", b"huge", b"x", b"x"]:
+        a.propose(data)
+    to_b = [m for m in a.ready().messages if m.to == "b" and m.type is MessageType.APPEND]
+    assert [[e.data for e in m.entries] for m in to_b] == [
+        [b"big", b"x"], [b"big"], [b"huge"], [b"x", b"x"]]
+
+
 def test_probe_state_sends_one_append_until_answered() -> None:
     net = Network(ABC)
     net.elect("a")
