@@ -8,6 +8,7 @@ entry only once it is fsynced (checked on every message the nodes send).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +18,7 @@ from raftsql.node import Node, NodeConfig
 from raftsql.node.clock import ManualClock
 from raftsql.raft.messages import MessageType
 from raftsql.storage import Storage
+from raftsql.storage.payloads import is_ref
 from raftsql.transport.inmem import InMemoryNetwork
 
 from .test_node import Counter
@@ -180,3 +182,36 @@ async def test_a_follower_behind_the_compacted_log_fetches_the_snapshots_state(c
     await cluster.run_until(lambda: cluster.sms[lagging.node_id].data.get("k29") == "v" * 5000)
     assert lagging._receiver.received == 1
     assert cluster.sms[lagging.node_id].data == cluster.sms[leader.node_id].data
+
+
+def payload_files(node: Node) -> int:
+    """(Not counting one being written: a resent entry may be arriving.)"""
+    names = os.listdir(os.path.join(node.config.data_dir, "raft", "payloads"))
+    return len([name for name in names if not name.endswith(".tmp")])
+
+
+async def test_large_entries_are_kept_beside_the_log_and_read_where_needed(cluster):
+    """An entry over DETACH_BYTES: the log, on disk and in every core's memory, holds a
+    reference; its data is a file on every node that has the entry, sent with it, applied
+    from it (also when replayed after a restart), and removed once the entry is compacted."""
+    await cluster.run_until(lambda: cluster.leader() is not None)
+    leader = cluster.leader()
+    lagging, other = (n for n in cluster.nodes.values() if n is not leader)
+    cluster.net.isolate(lagging.node_id)
+    values = [os.urandom(50_000).hex() for _ in range(3)]  # 100 kB each
+    for i, value in enumerate(values):
+        await leader.propose(f"big{i}={value}".encode())
+    for node in (leader, other):
+        logged = [e.data for e in node._storage.entries() if e.data.startswith(b"\0P")]
+        assert len(logged) == 3 and all(is_ref(d) for d in logged)
+        assert max(len(e.data) for e in node._raft.entries(1, node._raft.last_index + 1)) < 200
+        assert payload_files(node) == 3
+    cluster.net.heal()
+    await cluster.run_until(lambda: cluster.sms[lagging.node_id].data.get("big2") == values[2])
+    assert payload_files(lagging) == 3
+    await lagging.stop(transfer=False)
+    restarted = await cluster.start(lagging.node_id)  # a fresh state machine: all replayed
+    want = {f"big{i}": v for i, v in enumerate(values)}
+    await cluster.run_until(lambda: cluster.sms[restarted.node_id].data == want)
+    assert await leader.snapshot(trailing=0)
+    assert payload_files(leader) == 0

@@ -75,6 +75,24 @@ def test_a_load_survives_a_restart_and_a_snapshot_mid_way(tmp_path, small_chunks
         assert rows(b, "SELECT count(*) FROM src") == [(300,)]
 
 
+def test_a_snapshot_by_size_waits_while_a_load_is_under_way(tmp_path, small_chunks):
+    """The chunks so far are in the bookkeeping: a snapshot would copy them, and the next
+    one again. Not for a load cut short and left behind, nor once it ended."""
+    chunks = entries(source_file(tmp_path))
+    with Database(str(tmp_path / "db.sqlite")) as db:
+        assert not db.snapshot_deferred()
+        db.apply(chunks[:2])
+        assert db.snapshot_deferred()
+        later = chunks[1][0] + load.IDLE_ENTRIES
+        one(db, later, ["CREATE TABLE t (x)"])  # the leader that loaded is gone, say
+        assert not db.snapshot_deferred()
+    with Database(str(tmp_path / "db2.sqlite")) as db:
+        db.apply(chunks[:-1])
+        assert db.snapshot_deferred()
+        db.apply(chunks[-1:])
+        assert not db.snapshot_deferred()  # done: the snapshot may come
+
+
 def test_a_chunk_out_of_order_ends_the_load_and_changes_nothing(tmp_path, small_chunks):
     chunks = entries(source_file(tmp_path))
     with Database(str(tmp_path / "db.sqlite")) as db:

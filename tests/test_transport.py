@@ -362,7 +362,7 @@ async def test_a_large_snapshot_arrives_intact_in_chunks(nodes):
         assert m.snapshot is not None
         return Message(m.type, m.to, m.frm, m.term, snapshot=Snapshot(m.snapshot.meta, data))
 
-    a, b = await nodes("a", attach_snapshot=attach), await nodes("b")
+    a, b = await nodes("a", attach=attach), await nodes("b")
     connect(a, b)
     sent: list[int] = []
     a_ws_send = aiohttp.ClientWebSocketResponse.send_bytes

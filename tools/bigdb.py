@@ -49,12 +49,21 @@ def disk_mb_s(directory: str, mb: int) -> tuple[float, float]:
     return write, copy
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak RSS (or with field="VmRSS", its RSS now)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def reset_peak_rss(*pids: int) -> None:
+    """Start the processes' peak RSS afresh (Linux: clear_refs 5), so that a step's peak is
+    its own, not the build's."""
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
 
 
 def restart_seconds(cluster: LocalCluster, node_id: str) -> float:
@@ -134,16 +143,20 @@ def bench_big_database(mb: int) -> list[str]:
 
             leader = cluster.leader(timeout=30)
             via = next(i for i in cluster.ids if i != leader)
+            reset_peak_rss(cluster.procs[leader].pid, cluster.procs[via].pid)
+            before = peak_rss_mb(cluster.procs[leader].pid, "VmRSS")
             start = time.perf_counter()
             restore(cluster.url(via), out)  # POST /db/load of the backup, through a follower
             took = time.perf_counter() - start
             lines.append(f"restore (load of the backup through the log): {took:.1f} s "
-                         f"({size / took:.0f} MB/s); peak RSS so far: leader "
+                         f"({size / took:.0f} MB/s); peak RSS during it: leader "
                          f"{peak_rss_mb(cluster.procs[leader].pid):.0f} MB, the follower "
-                         f"that took it {peak_rss_mb(cluster.procs[via].pid):.0f} MB")
+                         f"that took it {peak_rss_mb(cluster.procs[via].pid):.0f} MB (the "
+                         f"leader's RSS before it: {before:.0f} MB)")
 
             target = applied(cluster, leader)
             new = cluster.add()
+            reset_peak_rss(cluster.procs[leader].pid)
             start = time.perf_counter()
             cluster.start_node(new, "--join", cluster.raft_addr(leader))
             _wait(lambda: applied(cluster, new) >= target, 900)

@@ -13,7 +13,7 @@ import enum
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, Protocol
@@ -25,6 +25,8 @@ from raftsql.node.snapshots import Header, upgrade_stored
 from raftsql.node.waiting import Applied
 from raftsql.raft.messages import Entry, EntryType, Snapshot
 from raftsql.storage import Storage
+from raftsql.storage.payloads import Payloads, is_ref
+from raftsql.storage.payloads import size as entry_size
 from raftsql.storage.snapshots import SnapshotFiles, checksum
 
 # The loop applies a small batch (and runs a query) itself when it takes at most this long;
@@ -33,6 +35,7 @@ from raftsql.storage.snapshots import SnapshotFiles, checksum
 INLINE_BUDGET = 0.002
 INLINE_BACKOFF = 1.0
 _INLINE_APPLY_BYTES = 16384  # larger batches go to the apply thread without trying
+APPLY_BYTES = 8 << 20  # of data kept beside the log, read for one call of apply()
 
 
 class StateMachine(Protocol):
@@ -45,7 +48,8 @@ class StateMachine(Protocol):
     `apply_within(entries, seconds)` and `query_within(*request, seconds)`, which return
     None, having done nothing, rather than take longer than `seconds` (the driver then calls
     `apply` / `query` on a thread); `query(*request)`; `checkpoint_due()` and
-    `checkpoint()`, run on the apply thread.
+    `checkpoint()`, run on the apply thread; `snapshot_deferred()`, whether a snapshot due
+    by size should wait for now.
     """
 
     def applied_index(self) -> int: ...
@@ -84,8 +88,10 @@ class Applier:
                  threshold: int, threshold_bytes: int, applied: Applied,
                  on_applied: Callable[[list[Entry], dict[int, Any]], None],
                  save_snapshot: Callable[[int, int, bytes, int | None], Awaitable[None]],
-                 fail: Callable[[BaseException], None], metrics: NodeMetrics) -> None:
+                 fail: Callable[[BaseException], None], metrics: NodeMetrics,
+                 payloads: Payloads) -> None:
         self._sm = sm
+        self._payloads = payloads
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"apply-{name}")
         self._files = files
@@ -113,7 +119,7 @@ class Applier:
         """Bring the state machine up to the stored snapshot; set the applied index."""
         recover = getattr(self._sm, "recover", None)
         if recover is not None:
-            recover(storage.last_index, functools.partial(stored_after, storage))
+            recover(storage.last_index, functools.partial(stored_after, storage, self._payloads))
         upgrade_stored(storage, self._files)
         meta = storage.snapshot_meta
         self.snapshot_index = meta.index
@@ -127,6 +133,7 @@ class Applier:
         elif meta.index:
             self._files.prune(meta.index, meta.term)
         self._applied.set(self._sm.applied_index())
+        self._payloads.applied(self._sm.applied_index())
 
     def halt(self) -> None:
         """The node stops (or failed): start nothing more."""
@@ -214,15 +221,22 @@ class Applier:
     def _after_apply(self, entries: list[Entry], results: dict[int, Any]) -> None:
         self._on_applied(entries, results)
         self._set_applied(entries[-1].index, entries[-1].term)
-        self._bytes_since_snapshot += sum(len(e.data) for e in entries)
+        self._bytes_since_snapshot += sum(entry_size(e) for e in entries)
         if self._applied.index - self.snapshot_index >= self._threshold or (
-                self._threshold_bytes and self._bytes_since_snapshot >= self._threshold_bytes):
+                self._threshold_bytes and self._bytes_since_snapshot >= self._threshold_bytes
+                and not self._snapshot_deferred()):
             self._start_snapshot()
             return
         checkpoint_due = getattr(self._sm, "checkpoint_due", None)
         if checkpoint_due is not None and checkpoint_due():
             # The WAL grew past SQLite's checkpoint size: copy it back off the loop.
             self._on_thread(Work.CHECKPOINT, None, self._sm.checkpoint)  # type: ignore[attr-defined]
+
+    def _snapshot_deferred(self) -> bool:
+        """Whether the state machine asks a snapshot by size to wait (a load is under way,
+        whose chunks every snapshot would copy again)."""
+        deferred = getattr(self._sm, "snapshot_deferred", None)
+        return deferred is not None and bool(deferred())
 
     def _apply_inline(self, entries: list[Entry]) -> dict[int, Any] | None:
         """Apply `entries` on the loop if the state machine can do it within INLINE_BUDGET.
@@ -235,8 +249,8 @@ class Applier:
         of time. None: not applied here.
         """
         apply_within = getattr(self._sm, "apply_within", None)
-        if apply_within is None:
-            return None
+        if apply_within is None or any(is_ref(e.data) for e in entries):
+            return None  # (data kept beside the log is read on the apply thread)
         loop = asyncio.get_running_loop()
         if loop.time() < self.inline_off_until:
             return None
@@ -261,23 +275,25 @@ class Applier:
                     ) -> dict[int, Any] | None:
         """Apply the commands among `entries` through `apply` and mark the last entry applied;
         the results by index, or None when `apply` applied nothing (None)."""
-        batch = [(e.index, e.data) for e in entries if e.type is EntryType.NORMAL and e.data]
         results: dict[int, Any] = {}
-        if batch:
+        last = 0
+        for batch in command_batches(entries, self._payloads):
             start = perf_counter()
             applied = apply(batch)
             if applied is None:
-                return None
+                return None  # (only ever the first batch: apply_within has no references)
             self._metrics.apply.observe(perf_counter() - start)
             for (index, _), result in zip(batch, applied, strict=True):
                 results[index] = result
-        if not batch or batch[-1][0] != entries[-1].index:
+            last = batch[-1][0]
+        if last != entries[-1].index:
             self._sm.mark_applied(entries[-1].index)
         return results
 
     def _set_applied(self, index: int, term: int) -> None:
         self.applied_term = term
         self._applied.set(index)
+        self._payloads.applied(index)
 
     # ---- snapshots ----------------------------------------------------------------
 
@@ -385,9 +401,32 @@ class Applier:
         return header.peers
 
 
-def stored_after(storage: Storage, index: int) -> list[tuple[int, bytes]] | None:
-    """The stored commands (index, data) after `index`; None when some are compacted away."""
+def command_batches(entries: list[Entry], payloads: Payloads) -> Iterator[list[tuple[int, bytes]]]:
+    """The commands among `entries`, (index, data), in batches holding at most
+    APPLY_BYTES of data kept beside the log (read as each batch is due)."""
+    batch: list[tuple[int, bytes]] = []
+    held = 0
+    for e in entries:
+        if e.type is not EntryType.NORMAL or not e.data:
+            continue
+        data = e.data
+        if is_ref(data):
+            if held and held + entry_size(e) > APPLY_BYTES:
+                yield batch
+                batch, held = [], 0
+            held += entry_size(e)
+            data = payloads.read(data)
+        batch.append((e.index, data))
+    if batch:
+        yield batch
+
+
+def stored_after(storage: Storage, payloads: Payloads, index: int
+                 ) -> Iterator[tuple[int, bytes]] | None:
+    """The stored commands (index, data) after `index`, read one at a time; None when some
+    are compacted away."""
     if index < storage.first_index - 1:
         return None
-    return [(e.index, e.data) for e in storage.entries()
-            if e.index > index and e.type is EntryType.NORMAL and e.data]
+    return ((e.index, payloads.read(e.data) if is_ref(e.data) else e.data)
+            for e in storage.entries() if e.index > index and e.type is EntryType.NORMAL
+            and e.data)

@@ -39,7 +39,7 @@ class PeerTransport(Protocol):
     """What the driver needs of a transport (transport/websocket.py, transport/inmem.py)."""
 
     def bind(self, deliver: Callable[[list[Message]], None], *,
-             attach_snapshot: Callable[[Message], Message | None],
+             attach: Callable[[Message], Message | None],
              snapshot_file: Callable[[int, int], str | None],
              on_peer_api: Callable[[str, str], None]) -> None: ...
     async def fetch_snapshot(self, raft_addr: str, index: int, term: int, offset: int,

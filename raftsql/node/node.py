@@ -15,8 +15,8 @@ them within a 2 ms budget, else on the apply thread and on read threads.
 
 The node wires its collaborators, each given only what it uses: the address book
 (addresses.py), membership changes and joining (membership.py), the apply pipeline and
-snapshots (applier.py), the read path (reads.py), proposals (proposals.py), the persist
-thread (persist.py), deadlines and the applied index (waiting.py) and the clock (clock.py).
+snapshots (applier.py), the read path (reads.py), proposals (proposals.py), data kept
+beside the log (payloads.py), the persist thread (persist.py), deadlines and the applied index (waiting.py) and the clock (clock.py).
 It knows nothing of what its state machine stores.
 """
 
@@ -38,6 +38,7 @@ from raftsql.errors import (
     NodeStoppedError,
     NotLeaderError,
     RaftSQLError,
+    StorageError,
 )
 from raftsql.node.addresses import AddressBook, Member, addr_context
 from raftsql.node.applier import Applier, StateMachine, Work
@@ -45,6 +46,7 @@ from raftsql.node.clock import Clock, RealClock
 from raftsql.node.config import NodeConfig, PeerTransport
 from raftsql.node.membership import Membership
 from raftsql.node.metrics import NodeMetrics
+from raftsql.node.payloads import Landing, Proposing
 from raftsql.node.persist import PersistThread
 from raftsql.node.proposals import Proposals
 from raftsql.node.reads import Reads
@@ -66,6 +68,8 @@ from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.storage import Storage, attach_snapshot, trailing_base, write_persist
 from raftsql.storage.lock import lock_data_dir
 from raftsql.storage.log import SNAPSHOT_NAME
+from raftsql.storage.payloads import Payloads
+from raftsql.storage.payloads import size as entry_size
 from raftsql.storage.snapshots import SnapshotFiles
 
 log = logging.getLogger("raftsql.node")
@@ -74,6 +78,7 @@ _LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPS
 # Trailing entries kept before a snapshot hold at most this much data: they are in memory, and
 # a follower further behind than that (big writes, a load) is better served by the snapshot.
 TRAILING_BYTES = 8 << 20
+MSG_BYTES = 4 << 20  # of entries per APPEND: what a follower behind is sent at once
 
 
 class Node:
@@ -124,6 +129,9 @@ class Node:
             conf=lambda: self.conf, leader=lambda: self.leader_id, log=self._log)
         self.metrics = NodeMetrics()
         self._files = SnapshotFiles(os.path.join(config.data_dir, "snapshots"))
+        self._payloads = Payloads(os.path.join(config.data_dir, "raft", "payloads"))
+        self._landing = Landing(self._payloads, self._deliver_admitted, self._fail, self.node_id)
+        self._proposing = Proposing(self._payloads)
         self._receiver = SnapshotReceiver(self._files, transport.fetch_snapshot,
                                           self._deliver_admitted, self.node_id)
         self._applier = Applier(
@@ -131,7 +139,7 @@ class Node:
             threshold=config.snapshot_threshold,
             threshold_bytes=config.snapshot_threshold_bytes, applied=self._applied,
             on_applied=self._proposals.complete, save_snapshot=self._save_snapshot,
-            fail=self._fail, metrics=self.metrics)
+            fail=self._fail, metrics=self.metrics, payloads=self._payloads)
         self.metrics.watch(lambda: self.status()["raft"])
         self._reads = Reads(state_machine, name=self.node_id, call=self._call,
                             not_leader=self._not_leader, deadlines=self._deadlines,
@@ -228,6 +236,7 @@ class Node:
         self._unlock = lock_data_dir(self.config.data_dir)
         raft_dir = os.path.join(self.config.data_dir, "raft")
         storage = self._storage = await self._persist.run(Storage, raft_dir)
+        await self._persist.run(self._payloads.open, storage.entries())
         hs = storage.hard_state
         self._order = ReadyOrder(hs)
         # No durable term and no snapshot: the bootstrap (or join) never completed. A crash
@@ -242,7 +251,7 @@ class Node:
                     os.path.join(raft_dir, SNAPSHOT_NAME))
         self._raft = self._make_raft(storage, bootstrap=fresh and not self.config.join)
         transport = self._transport
-        transport.bind(self._deliver, attach_snapshot=functools.partial(self._attach, storage),
+        transport.bind(self._deliver, attach=functools.partial(self._attach, storage),
                        snapshot_file=self._snapshot_file, on_peer_api=self.book.note_api_url)
         transport.on_rpc("join", self._membership.on_join)
         transport.on_rpc("info", self._membership.on_info)
@@ -268,6 +277,7 @@ class Node:
                 await self.transfer_leadership(None, timeout=2.0)
         self._halt(NodeStoppedError())
         self._receiver.close()
+        self._landing.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -316,6 +326,8 @@ class Node:
         """Replicate `data`; return the state machine's result and the entry's index."""
         if self.is_leader:
             self.metrics.proposals.inc()
+            if self._proposing.waits(data):  # big data is kept beside the log, not in it
+                data = await self._proposing.prepare(data)
         result: tuple[Any, int] = await self._proposal(lambda raft: raft.propose(data), timeout,
                                                        None)
         return result
@@ -407,6 +419,8 @@ class Node:
                 self._last_contact = self._clock.now()
             if m.type is MessageType.SNAPSHOT and not self._receiver.admit(m):
                 continue  # its state is being fetched; delivered once it is here
+            if self._landing.offer(m):
+                continue  # its entries' data is being stored; delivered once it is
             self._inbox.append(m)
         self._wake.set()
 
@@ -415,7 +429,15 @@ class Node:
         self._wake.set()
 
     def _attach(self, storage: Storage, m: Message) -> Message | None:
-        """A SNAPSHOT message leaving: the stored snapshot, fetched from this node."""
+        """A message leaving: a SNAPSHOT gets the stored snapshot, fetched from this node;
+        an APPEND the data its entries keep beside the log."""
+        if m.type is not MessageType.SNAPSHOT:
+            try:
+                return self._payloads.attach(m)
+            except StorageError:
+                if m.entries[0].index <= storage.log_base.index:
+                    return None  # compacted (and its data removed) since the core sent it
+                raise
         attached = attach_snapshot(storage, m)
         return None if attached is None else sent_from(attached, self.book.raft_addr)
 
@@ -509,6 +531,7 @@ class Node:
         start = perf_counter()
         write_persist(storage, persist)
         self.metrics.fsync.observe(perf_counter() - start)
+        self._payloads.forget(storage.take_dropped())
 
     def _on_soft_state(self, role: Role, leader_id: str | None) -> None:
         was_leader = self.is_leader
@@ -543,9 +566,13 @@ class Node:
         if base.index > index:
             return  # the core installed a newer snapshot from the leader meanwhile
         meta = SnapshotMeta(index, term, raft.conf_at(index))
-        await self._persist.run(storage.save_snapshot, Snapshot(meta, data), base)
+        await self._persist.run(self._compact, storage, Snapshot(meta, data), base)
         self._call(lambda raft: raft.compact(base.index, base.term))
         self._log("snapshot taken", index=index, log_from=base.index + 1)
+
+    def _compact(self, storage: Storage, snapshot: Snapshot, base: SnapshotMeta) -> None:
+        storage.save_snapshot(snapshot, base)
+        self._payloads.forget(storage.take_dropped())
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -563,7 +590,8 @@ class Node:
             initial = ConfState(voters=tuple(sorted(members)))
             context = {i: addr_context(addr, "") for i, addr in members.items()}
         return Raft(
-            self.node_id, Config(election_ticks=ticks), random.Random(),
+            self.node_id, Config(election_ticks=ticks, max_bytes_per_msg=MSG_BYTES,
+                                 entry_size=entry_size), random.Random(),
             hard_state=storage.hard_state, snapshot=storage.log_base,
             entries=entries, applied=self.applied_index, initial=initial,
             initial_context=context,

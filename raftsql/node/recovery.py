@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 
 from raftsql.errors import ClusterError, StorageError
 from raftsql.node.addresses import AddressBook
-from raftsql.node.applier import StateMachine, stored_after
+from raftsql.node.applier import StateMachine, command_batches, stored_after
 from raftsql.node.snapshots import Header
-from raftsql.raft.messages import ConfState, EntryType, Snapshot, SnapshotMeta
+from raftsql.raft.messages import ConfState, Snapshot, SnapshotMeta
 from raftsql.storage import Storage
+from raftsql.storage.payloads import Payloads
 from raftsql.storage.snapshots import SnapshotFiles, checksum
 
 _BATCH = 512  # entries applied per call
@@ -44,11 +45,12 @@ def force_membership(data_dir: str, node_id: str, sm: StateMachine,
     if node_id not in voters:
         raise ClusterError(f"the new membership must include this node ({node_id})")
     storage = Storage(os.path.join(data_dir, "raft"))
+    payloads = Payloads(os.path.join(data_dir, "raft", "payloads"))
     files = SnapshotFiles(os.path.join(data_dir, "snapshots"))
     try:
         recover = getattr(sm, "recover", None)
         if recover is not None:
-            recover(storage.last_index, functools.partial(stored_after, storage))
+            recover(storage.last_index, functools.partial(stored_after, storage, payloads))
         meta = storage.snapshot_meta
         if sm.applied_index() < meta.index:
             stored = storage.load_snapshot()
@@ -57,10 +59,10 @@ def force_membership(data_dir: str, node_id: str, sm: StateMachine,
             sm.restore(files.path(meta.index, meta.term), meta.index)
         first = sm.applied_index()
         last, commit = storage.last_index, storage.hard_state.commit
-        batch = [(e.index, e.data) for e in storage.entries()
-                 if e.index > first and e.type is EntryType.NORMAL and e.data]
-        for i in range(0, len(batch), _BATCH):
-            sm.apply(batch[i : i + _BATCH])
+        entries = [e for e in storage.entries() if e.index > first]
+        for i in range(0, len(entries), _BATCH):
+            for batch in command_batches(entries[i : i + _BATCH], payloads):
+                sm.apply(batch)
         sm.mark_applied(last)
         term = storage.term(last)
         if term is None:

@@ -47,7 +47,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -170,6 +170,7 @@ class Database:
         self._book = Sidecar(self.path + SIDECAR_SUFFIX, tables)  # raftsql/sql/sidecar.py
         self._keys = KeyStore(self._book)
         self._book_reconciled = False  # what entries not applied wrote is undone (sidecar.py)
+        self._loading_at = 0  # the entry of the latest chunk of a load under way (0: none)
         self._closed = False
 
     # ---- opening
@@ -198,7 +199,7 @@ class Database:
         return apsw.SQLITE_OK
 
     def recover(self, log_end: int,
-                stored_after: Callable[[int], list[tuple[int, bytes]] | None] | None = None
+                stored_after: Callable[[int], Iterable[tuple[int, bytes]] | None] | None = None
                 ) -> None:
         """The driver, at start: the Raft log ends at `log_end`. The applied index is
         resolved against it (see the module docstring); a database that claims more than the
@@ -430,7 +431,13 @@ class Database:
         error = load.apply(self._book.conn, index, cmd.statements, cmd.payload,
                            self.path + ".load", lambda file: self._outside_transaction(
                                batch, lambda: self._replaced_by(file, index)), self._book.begin)
+        self._loading_at = index if load.leaves_open(cmd.statements, error) else 0
         return [StatementResult(error=error)] if error else []
+
+    def snapshot_deferred(self) -> bool:
+        """A load is under way: a snapshot now would copy its chunks, and the next one
+        again (sql/load.py). Not if it was left cut short, IDLE_ENTRIES ago."""
+        return bool(self._loading_at) and self._applied - self._loading_at < load.IDLE_ENTRIES
 
     def _replaced_by(self, file: str, index: int) -> str | None:
         error = load.replace(self, file, index)

@@ -2,11 +2,13 @@
 
 The leader stages the upload on disk, then proposes it as a sequence of Op.LOAD entries, one
 chunk each: statements `[load id, seq, total, size, crc]`, the chunk's bytes as the command's
-raw payload. Every node applies a chunk by
+raw payload (an entry that big keeps its data beside the log, storage/payloads.py, so
+neither the log nor memory holds the chunks). Every node applies a chunk by
 storing it in the bookkeeping file (`load_chunks`, a versioned table of sql/sidecar.py), so an
 open load goes back exactly in time like the other bookkeeping, travels in snapshots, and is
-never in memory as a whole: the log holds only the chunks since the latest snapshot. The
-last chunk's entry assembles the file from the table, checks its size and CRC-32, and
+never in memory as a whole. A snapshot due by size waits while a load is under way
+(Database.snapshot_deferred), since it would copy the chunks so far, and the next one again:
+the load's end, which replaces them all, comes first. The last chunk's entry assembles the file from the table, checks its size and CRC-32, and
 replaces the database with it (Database.restore), on every node at the same entry.
 
 The rules are the entries', so every node decides the same: chunk 0 starts a load and drops
@@ -38,6 +40,9 @@ from raftsql.sql.sidecar import Table
 log = logging.getLogger("raftsql.sql")
 
 CHUNK_BYTES = 1 << 20  # of the file per entry
+# A load whose latest chunk is this many entries old was cut short (a leader change): the
+# next snapshot no longer waits for it.
+IDLE_ENTRIES = 1024
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS load_chunks (
     entry INTEGER NOT NULL, load TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
@@ -215,6 +220,15 @@ def apply(conn: apsw.Connection, index: int, statements: list[Any], payload: byt
             begin()
             loads.drop(index, chunk.load)
     return error
+
+
+def leaves_open(statements: list[Any], error: str | None) -> bool:
+    """Whether the chunk entry (`statements`, applied with `error`) leaves its load open."""
+    try:
+        chunk = Chunk.decode(statements, b"")
+    except (ValueError, TypeError):
+        return False
+    return error is None and 0 <= chunk.seq < chunk.total - 1
 
 
 def replace(db: Target, file: str, index: int) -> str | None:

@@ -30,7 +30,7 @@ A snapshot copy of the database carries each table's live rows as `raftsql_<name
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import apsw
@@ -93,7 +93,7 @@ class Sidecar:
         """The database's applied index at this file's last commit (None: a new file)."""
         return self._get("through")
 
-    def lost(self, applied: int, stored_after: Callable[[int], list[tuple[int, bytes]] | None],
+    def lost(self, applied: int, stored_after: Callable[[int], Iterable[tuple[int, bytes]] | None],
              writes_here: Callable[[bytes], bool]) -> bool:
         """Whether bookkeeping of entries up to `applied` may be lost: the stamp is behind, and
         after it the log holds an entry that `writes_here`, or no longer holds every entry."""

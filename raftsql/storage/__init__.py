@@ -13,6 +13,7 @@ from dataclasses import replace
 from raftsql.raft.core import Raft
 from raftsql.raft.messages import Message, MessageType, SnapshotMeta
 from raftsql.raft.order import Persist
+from raftsql.storage import payloads
 from raftsql.storage.log import Storage
 from raftsql.storage.memfs import MemoryFileSystem, SimulatedCrash
 
@@ -50,7 +51,7 @@ def trailing_base(raft: Raft, index: int, keep: int, max_bytes: int = 0) -> Snap
     if max_bytes and lo < index:
         size = 0
         for e in reversed(raft.entries(lo + 1, index + 1)):
-            size += len(e.data)
+            size += payloads.size(e)  # data kept beside the log counts as it
             if size > max_bytes:
                 lo = e.index
                 break

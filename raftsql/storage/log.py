@@ -57,6 +57,7 @@ from typing import Protocol
 
 from raftsql.errors import StorageError
 from raftsql.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from raftsql.storage.payloads import is_ref
 from raftsql.storage.snapfile import (
     decode_names,
     decode_snapshot,
@@ -185,6 +186,7 @@ class Storage:
         self.log_base = SnapshotMeta()  # where the log starts: index, term, membership there
         self._entries: list[Entry] = []
         self._pending: list[bytes] = []  # encoded records not yet written
+        self._dropped: list[tuple[int, bytes]] = []  # entries dropped that refer to payloads
         self._dirty = False  # written but not yet synced
         self._broken: str | None = None  # why this object refuses to work
         self._file: AppendFile | None = None
@@ -250,8 +252,18 @@ class Storage:
             raise StorageError(f"append at index {first} leaves a gap after {self.last_index}")
         self._pending.extend(_encode_entries(entries, first))
         if first <= self.last_index:
+            self._drop(self._entries[first - base - 1 :])  # durable at the next sync
             del self._entries[first - base - 1 :]  # §5.3: a conflict replaces the suffix
         self._entries.extend(entries)
+
+    def take_dropped(self) -> list[tuple[int, bytes]]:
+        """The entries (index, payload reference: storage/payloads.py) that left the log,
+        durably, since the last call. Call after `sync`."""
+        dropped, self._dropped = self._dropped, []
+        return dropped
+
+    def _drop(self, entries: Sequence[Entry]) -> None:
+        self._dropped.extend((e.index, e.data) for e in entries if is_ref(e.data))
 
     def set_hard_state(self, hs: HardState) -> None:
         """Record the hard state; written by the next `sync`."""
@@ -430,6 +442,7 @@ class Storage:
             raise self._fail("rewriting the raft log", exc) from exc
         self._pending.clear()  # all of it is in the new log
         self._dirty = False
+        self._drop(self._entries[: len(self._entries) - len(keep)])
         self._entries = keep
         self.log_base = meta
         self.hard_state = hs

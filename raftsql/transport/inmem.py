@@ -64,11 +64,11 @@ class InMemoryTransport:
         self._snapshot_file: Callable[[int, int], str | None] = lambda index, term: None
         self._on_peer_api: Callable[[str, str], None] = lambda node_id, api_url: None
 
-    def bind(self, deliver: Deliver, *, attach_snapshot: Callable[[Message], Message | None],
+    def bind(self, deliver: Deliver, *, attach: Callable[[Message], Message | None],
              snapshot_file: Callable[[int, int], str | None],
              on_peer_api: Callable[[str, str], None]) -> None:
         self._deliver = deliver
-        self._attach = attach_snapshot
+        self._attach = attach
         self._snapshot_file = snapshot_file
         self._on_peer_api = on_peer_api
 
@@ -79,7 +79,7 @@ class InMemoryTransport:
     def send(self, messages: list[Message]) -> None:
         loop = asyncio.get_running_loop()
         for m in messages:
-            if m.type is MessageType.SNAPSHOT:
+            if m.type is MessageType.SNAPSHOT or m.entries:
                 attached = self._attach(m)
                 if attached is None:
                     continue

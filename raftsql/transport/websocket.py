@@ -89,7 +89,7 @@ class Transport:
         secret: str | None = None,
         api_url: str | None = None,
         on_peer_api: Callable[[str, str], None] | None = None,
-        attach_snapshot: Callable[[Message], Message | None] | None = None,
+        attach: Callable[[Message], Message | None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         max_queue: int = 256,
         ack_delay: float = 0.02,
@@ -107,7 +107,7 @@ class Transport:
         self._deliver: Deliver = deliver or (lambda messages: None)
         self._runner: web.AppRunner | None = None
         self._secret = secret.encode() if secret is not None else None
-        self._attach = attach_snapshot
+        self._attach = attach
         self._snapshot_file: SnapshotFile = lambda index, term: None
         self._ssl = ssl_context
         self._scheme = "https" if ssl_context is not None else "http"
@@ -148,11 +148,11 @@ class Transport:
             self._spawn(peer)
         self._spawn_task(self._housekeep(), "raft-transport-housekeeping")
 
-    def bind(self, deliver: Deliver, *, attach_snapshot: Callable[[Message], Message | None],
+    def bind(self, deliver: Deliver, *, attach: Callable[[Message], Message | None],
              snapshot_file: SnapshotFile, on_peer_api: Callable[[str, str], None]) -> None:
         """Where incoming messages go, and the node's hooks (before start())."""
         self._deliver = deliver
-        self._attach = attach_snapshot
+        self._attach = attach
         self._snapshot_file = snapshot_file
         self._on_peer_api = on_peer_api
 
@@ -363,7 +363,7 @@ class Transport:
     def _frame(self, link: Link, batch: list[Message]) -> bytes | None:
         """Encode `batch` as the stream's next frame (None, logged, if it cannot be)."""
         if self._attach is not None:
-            batch = self._attach_snapshots(batch)
+            batch = self._attach_data(batch)
         try:
             frame = encode_batch(batch)
         except Exception:
@@ -384,17 +384,19 @@ class Transport:
             for part in split_frame(frame, self._chunk_size):
                 await ws.send_bytes(part)
 
-    def _attach_snapshots(self, batch: list[Message]) -> list[Message]:
+    def _attach_data(self, batch: list[Message]) -> list[Message]:
+        """The data the core leaves out of what it sends (a snapshot's header, the entries
+        kept beside the log), put in by the node's hook."""
         attach = self._attach
         assert attach is not None
         out = []
         for m in batch:
-            if m.type is _SNAPSHOT:
+            if m.type is _SNAPSHOT or m.entries:
                 try:
                     attached = attach(m)
                 except Exception:
-                    log.exception("node=%s cannot attach snapshot for peer=%s; dropped",
-                                  self.node_id, m.to)
+                    log.exception("node=%s cannot attach data to %s for peer=%s; dropped",
+                                  self.node_id, m.type.name, m.to)
                     continue
                 if attached is None:
                     continue  # nothing to send yet: the leader sends it again later

@@ -290,9 +290,10 @@ async def _staged(req: _Request, head: bytes) -> AsyncIterator[str]:
     can read (else RequestError 400), removed afterwards. Never in memory as a whole."""
     path = f"{req.state.sql.database.path}.upload-{uuid.uuid4().hex}"
     folder = os.path.dirname(path)
-    # A load needs about three times the file (the upload, its chunks, the new database);
-    # the Raft log must never be the one to find the disk full.
-    wanted = 3 * (req.http.content_length or 0) + DISK_RESERVE
+    # A load needs about four times the file (the upload, its chunks beside the log and in
+    # the bookkeeping, the new database); the Raft log must never be the one to find the
+    # disk full.
+    wanted = 4 * (req.http.content_length or 0) + DISK_RESERVE
     if shutil.disk_usage(folder).free < wanted:
         raise RequestError(507, f"not enough free disk space for this upload (about {wanted} "
                            "bytes needed beside the database)")
