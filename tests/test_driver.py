@@ -215,3 +215,5 @@ async def test_large_entries_are_kept_beside_the_log_and_read_where_needed(clust
     await cluster.run_until(lambda: cluster.sms[restarted.node_id].data == want)
     assert await leader.snapshot(trailing=0)
     assert payload_files(leader) == 0
+    with pytest.raises(ValueError, match="00 50"):  # what a reference starts with, any size
+        await leader.propose(b"\0P" + b"x" * 28)

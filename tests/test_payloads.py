@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -137,3 +138,52 @@ async def test_proposals_keep_their_order_when_some_data_goes_beside_the_log(pay
     await asyncio.gather(*(propose(i, os.urandom(n)) for i, n in enumerate(sizes)))
     assert order == list(range(len(sizes)))
     assert not proposing.waits(b"small")  # nothing on its way: small data goes straight
+
+
+def test_an_entry_that_comes_back_keeps_its_file(payloads, tmp_path):
+    """A newer leader replaced entry 10 (its removal waits for the apply), then a later one
+    sends the original entry 10 again: it is in the log once more, so its file stays."""
+    ref = payloads.detach(os.urandom(70_000))
+    sent = payloads.attach(Message(MessageType.APPEND, "b", "a", 4, entries=(Entry(2, 10, data=ref),)))
+    payloads.forget([(10, ref)])
+    payloads.land(sent.entries)
+    payloads.applied(10)
+    assert payloads.has(ref)
+
+
+def test_a_sweep_takes_only_old_files_nothing_refers_to(payloads, tmp_path):
+    logged, waiting, stray = (payloads.detach(os.urandom(70_000)) for _ in range(3))
+    payloads.forget([(50, waiting)])  # out of the log, not yet applied past
+    assert payloads.sweep([Entry(1, 1, data=logged)]) == 0  # the stray one is too young
+    assert payloads.sweep([Entry(1, 1, data=logged)], min_age=0.0) == 1
+    assert [payloads.has(r) for r in (logged, waiting, stray)] == [True, True, False]
+
+
+async def test_a_failed_proposal_does_not_let_later_ones_overtake_earlier_ones(payloads,
+                                                                              monkeypatch):
+    """The second of three fails at once (a full disk) while the first is still being
+    stored: the third, a small one, still waits for the first."""
+    proposing = Proposing(payloads)
+    real_detach = payloads.detach
+
+    def detach(data: bytes) -> bytes:
+        if len(data) == 300_000:
+            raise OSError("disk full")
+        if len(data) == 200_000:
+            time.sleep(0.3)
+        return real_detach(data)
+
+    monkeypatch.setattr(payloads, "detach", detach)
+    order: list[int] = []
+
+    async def propose(i: int, data: bytes) -> None:
+        try:
+            if proposing.waits(data):
+                data = await proposing.prepare(data)
+        except OSError:
+            return
+        order.append(i)
+
+    await asyncio.gather(*(propose(i, os.urandom(n))
+                           for i, n in ((1, 200_000), (2, 300_000), (3, 10))))
+    assert order == [1, 3]

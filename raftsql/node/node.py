@@ -68,6 +68,7 @@ from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.storage import Storage, attach_snapshot, trailing_base, write_persist
 from raftsql.storage.lock import lock_data_dir
 from raftsql.storage.log import SNAPSHOT_NAME
+from raftsql.storage.payloads import MARK as PAYLOAD_MARK
 from raftsql.storage.payloads import Payloads
 from raftsql.storage.payloads import size as entry_size
 from raftsql.storage.snapshots import SnapshotFiles
@@ -324,6 +325,8 @@ class Node:
 
     async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]:
         """Replicate `data`; return the state machine's result and the entry's index."""
+        if data[:2] == PAYLOAD_MARK:  # (the driver's own: storage/payloads.py)
+            raise ValueError("a command may not start with the bytes 00 50")
         if self.is_leader:
             self.metrics.proposals.inc()
             if self._proposing.waits(data):  # big data is kept beside the log, not in it
@@ -434,10 +437,11 @@ class Node:
         if m.type is not MessageType.SNAPSHOT:
             try:
                 return self._payloads.attach(m)
-            except StorageError:
-                if m.entries[0].index <= storage.log_base.index:
-                    return None  # compacted (and its data removed) since the core sent it
-                raise
+            except StorageError as e:
+                if m.entries[0].index > storage.log_base.index:  # (else compacted since)
+                    log.warning("node=%s cannot send entries from %d to %s: %s",
+                                self.node_id, m.entries[0].index, m.to, e)
+                return None  # Raft sends what is needed again (or the snapshot)
         attached = attach_snapshot(storage, m)
         return None if attached is None else sent_from(attached, self.book.raft_addr)
 
@@ -573,6 +577,7 @@ class Node:
     def _compact(self, storage: Storage, snapshot: Snapshot, base: SnapshotMeta) -> None:
         storage.save_snapshot(snapshot, base)
         self._payloads.forget(storage.take_dropped())
+        self._payloads.sweep(storage.entries())  # what no entry came to refer to
 
     # ---- helpers ------------------------------------------------------------------
 

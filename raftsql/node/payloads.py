@@ -52,8 +52,11 @@ class Proposing:
                 await asyncio.shield(before)
             return data
         finally:
-            done.set_result(None)
-            if self._tail is done:
+            if before is None or before.done():
+                done.set_result(None)
+            else:  # failed or cancelled first: the ones after still wait for those before
+                before.add_done_callback(lambda _: done.set_result(None))
+            if self._tail is done and done.done():
                 self._tail = None
 
 
@@ -95,7 +98,8 @@ class Landing:
                     except ValueError as e:  # a peer's message must never kill the node
                         log.warning("node=%s dropping %s from %s: %s", self._node_id,
                                     m.type.name, m.frm, e)
-                        queue.popleft()
+                        if queue:  # (close() empties it)
+                            queue.popleft()
                         continue
                     m = dataclasses.replace(m, entries=tuple(entries))
                 if queue:  # (close() empties it)

@@ -11,8 +11,10 @@ node's log has its data on that node:
   followed by the data, `attach()`) before the core sees the message;
 - it is removed only once its entry is durably out of the log (compacted, or replaced by a
   conflicting leader's entry: Storage reports those) and the state machine has applied past
-  its index (a received snapshot drops entries still queued to be applied before it), or
-  at start when no entry refers to it.
+  its index (a received snapshot drops entries still queued to be applied before it), unless
+  the entry came back meanwhile (a later leader may send a replaced entry again: landing it
+  cancels the removal); or, by `sweep`, when no entry refers to it and it is a minute old
+  (a proposal that never reached the log, an arrival the core refused); at start, `open`.
 
 The data comes back where it is needed: `read()` when it is applied, `attach()` when it is
 sent.
@@ -25,6 +27,7 @@ import dataclasses
 import os
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterable
@@ -36,6 +39,7 @@ MARK = b"\0P"
 _REF = struct.Struct(">2s16sQI")  # MARK, key, size, CRC-32
 REF_BYTES = _REF.size
 DETACH_BYTES = 64 << 10  # data larger than this goes beside the log
+SWEEP_AGE = 60.0  # seconds a file no entry refers to is left alone (it may be on its way)
 
 
 def is_ref(data: bytes) -> bool:
@@ -59,21 +63,32 @@ class Payloads:
 
     def __init__(self, folder: str) -> None:
         self._dir = folder
-        self._lock = threading.Lock()  # (removals come from the persist and apply threads)
+        # Held while deciding a file's fate: removals (persist and apply threads) against
+        # arrivals that keep a file (the landing thread).
+        self._lock = threading.Lock()
         self._dropped: list[tuple[int, bytes]] = []  # out of the log, not yet applied past
         self._applied = 0
 
     def open(self, entries: Iterable[Entry]) -> int:
-        """At start, with the log's entries: remove the files none of them refers to (a
-        proposal that never reached the log, an entry replaced or compacted while a copy of
-        it was arriving); how many."""
-        os.makedirs(self._dir, exist_ok=True)
-        wanted = {self._name(e.data[2:18]) for e in entries if is_ref(e.data)}
-        removed = 0
-        for name in os.listdir(self._dir):
-            if name not in wanted:
-                os.remove(os.path.join(self._dir, name))
-                removed += 1
+        """At start, with the log's entries: remove the files none of them refers to; how
+        many."""
+        if not os.path.isdir(self._dir):
+            os.makedirs(self._dir)
+            _fsync_dir(os.path.dirname(self._dir))
+        return self.sweep(entries, min_age=0.0)
+
+    def sweep(self, entries: Iterable[Entry], min_age: float = SWEEP_AGE) -> int:
+        """Remove the files that none of `entries` (the log's) refers to, none waits to be
+        applied, and were last stored at least `min_age` seconds ago; how many."""
+        with self._lock:
+            wanted = {_key(e.data) for e in entries if is_ref(e.data)}
+            wanted.update(_key(ref) for _, ref in self._dropped)
+            cutoff, removed = time.time() - min_age, 0
+            for name in os.listdir(self._dir):
+                path = os.path.join(self._dir, name)
+                if name.removesuffix(".tmp") not in wanted and os.path.getmtime(path) <= cutoff:
+                    os.remove(path)
+                    removed += 1
         return removed
 
     def detach(self, data: bytes) -> bytes:
@@ -87,8 +102,8 @@ class Payloads:
 
     def read(self, ref: bytes) -> bytes:
         """The data `ref` stands for, checked (StorageError if missing or damaged)."""
-        _, key, length, crc = _REF.unpack(ref)
-        path = self._path(key)
+        _, _, length, crc = _REF.unpack(ref)
+        path = self._path(_key(ref))
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -117,7 +132,7 @@ class Payloads:
                 _, _, length, crc = _REF.unpack(ref)
                 if len(data) != length or zlib.crc32(data) != crc:
                     raise ValueError(f"entry {e.index}: its data does not match its reference")
-                if not self.has(ref):  # (else resent)
+                if not self._keep(ref):  # (else resent: it is here)
                     self._store(ref, data)
                     stored = True
                 e = Entry(e.term, e.index, e.type, ref)
@@ -132,25 +147,36 @@ class Payloads:
         if dropped:
             with self._lock:
                 self._dropped.extend(dropped)
-            self.applied(self._applied)
+            self.applied(0)
 
     def applied(self, index: int) -> None:
         """The state machine applied everything up to `index`."""
-        self._applied = max(self._applied, index)
-        if not self._dropped:
-            return
         with self._lock:
+            self._applied = max(self._applied, index)
+            if not self._dropped:
+                return
             done = [ref for i, ref in self._dropped if i <= self._applied]
             self._dropped = [(i, ref) for i, ref in self._dropped if i > self._applied]
-        for ref in done:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self._path(_REF.unpack(ref)[1]))
+            for ref in done:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self._path(_key(ref)))
+
+    def _keep(self, ref: bytes) -> bool:
+        """An entry arrived again: its file is no longer to be removed. Whether it is here
+        (then marked as just stored, so that no sweep takes it)."""
+        with self._lock:
+            self._dropped = [(i, r) for i, r in self._dropped if r != ref]
+            try:
+                os.utime(self._path(_key(ref)))
+            except FileNotFoundError:
+                return False
+            return True
 
     def has(self, ref: bytes) -> bool:
-        return os.path.exists(self._path(_REF.unpack(ref)[1]))
+        return os.path.exists(self._path(_key(ref)))
 
     def _store(self, ref: bytes, data: bytes) -> None:
-        path = self._path(_REF.unpack(ref)[1])
+        path = self._path(_key(ref))
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -159,15 +185,20 @@ class Payloads:
         os.replace(tmp, path)
 
     def _sync_dir(self) -> None:
-        fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(self._dir)
 
-    @staticmethod
-    def _name(key: bytes) -> str:
-        return key.hex()
+    def _path(self, key: str) -> str:
+        return os.path.join(self._dir, key)
 
-    def _path(self, key: bytes) -> str:
-        return os.path.join(self._dir, self._name(key))
+
+def _key(ref: bytes) -> str:
+    """The name of the file holding `ref`'s data."""
+    return ref[2:18].hex()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
