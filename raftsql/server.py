@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from raftsql.http.app import DEFAULT_MAX_BODY_BYTES, make_app
+from raftsql.http.auth import Auth, AuthFileError, hash_password
 from raftsql.kv.machine import HISTORY, KvMachine
 from raftsql.kv.service import KvLimits, KvService
 from raftsql.node import Node, NodeConfig
@@ -25,7 +26,7 @@ from raftsql.storage.lock import lock_data_dir
 from raftsql.transport.rpc import serve_app
 from raftsql.transport.websocket import Transport
 
-__all__ = ["KvLimits", "NodeConfig", "Server", "ServerConfig"]
+__all__ = ["Auth", "AuthFileError", "KvLimits", "NodeConfig", "Server", "ServerConfig", "hash_password"]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ServerConfig:
     backup_interval: float = 3600.0  # ...this often (seconds), when it changed
     backup_keep: int = 24  # the newest kept (0: all)
     backup_compress: bool = False
+    auth: Auth | None = None  # who may do what through the API (raftsql/http/auth.py)
 
 
 def open_state_machine(data_dir: str, fk: bool = False,
@@ -91,7 +93,8 @@ class Server:
 
     async def start(self) -> None:
         nc = self.config.node
-        app = make_app(self.node, self.sql, kv=self.kv, max_body_bytes=self.config.max_body_bytes)
+        app = make_app(self.node, self.sql, kv=self.kv, max_body_bytes=self.config.max_body_bytes,
+                       auth=self.config.auth)
         if nc.raft_addr and nc.raft_addr != nc.http_addr:
             await self.transport.listen(nc.raft_addr)
         else:

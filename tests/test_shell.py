@@ -19,8 +19,7 @@ import apsw.shell
 import pytest
 
 from raftsql.cli.launcher import free_ports, http
-from raftsql.client.http import Cluster, Unavailable
-from raftsql.shell.main import credentials
+from raftsql.client.http import Cluster, Unavailable, credentials
 from raftsql.shell.shell import RaftShell, page
 from raftsql.shell.statements import describe, split_statements, transaction_word, with_position
 from tests.client_node import single_node

@@ -18,7 +18,7 @@ from typing import IO, Any
 import orjson
 
 from raftsql.client.config import TXN_CHUNK, Change, ConfigStore, Entry
-from raftsql.client.http import ClientError
+from raftsql.client.http import ClientError, add_user_argument, credentials
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
@@ -35,6 +35,7 @@ def add_arguments(kv: argparse.ArgumentParser, formatter: type[argparse.HelpForm
                         "http://127.0.0.1:4001)")
     common.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="how long a request may take, failover included")
+    add_user_argument(common)
     verbs = kv.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help: str) -> argparse.ArgumentParser:
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace, stdin: IO[bytes] | None = None,
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr
     try:
-        store = ConfigStore(args.url, timeout=args.timeout)
+        store = ConfigStore(args.url, timeout=args.timeout,
+                            auth=credentials(args.user, sys.stdin.isatty()))
         with store:
             return VERBS[args.verb](store, args, stdin or sys.stdin.buffer, out)
     except KeyboardInterrupt:

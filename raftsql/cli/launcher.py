@@ -35,11 +35,12 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+def http(method: str, url: str, body: Any = None, timeout: float = 5.0,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """A tiny synchronous client: returns (status, parsed JSON or text)."""
     data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
     req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")

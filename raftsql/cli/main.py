@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from raftsql import __version__
+from raftsql.client.http import add_user_argument
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster-secret-file", default=None, metavar="FILE",
                        help="a file holding a secret every peer request must carry, the same on "
                        "every node (default: none; peer traffic is accepted from anyone)")
+    serve.add_argument("--auth", default=None, metavar="FILE",
+                       help="rqlite's auth file: a JSON list of {\"username\", \"password\", "
+                       "\"perms\"}; a password may be a hash from `raftsql hash-password` "
+                       "(default: none, every client may do anything)")
     serve.add_argument("--idempotency-window", type=_duration, default="10m", metavar="DURATION",
                        help="how long the cluster remembers a write's idempotency key, so a "
                        "retry of it is not applied again (e.g. 90s, 10m, 1h; the leader's "
@@ -220,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an SQL dump instead of a SQLite file (the config store's "
                         "table is only in the SQLite file)")
     backup.add_argument("--compress", action="store_true", help="gzip it")
+    add_user_argument(backup)
 
     restore = sub.add_parser("restore", formatter_class=defaults,
                              help="load an SQL dump into the cluster",
@@ -228,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(POST /db/load): all of it or, on an error, nothing.")
     restore.add_argument("url", metavar="URL", help="any node (or several, comma-separated)")
     restore.add_argument("file", metavar="FILE")
+    add_user_argument(restore)
 
     recover = sub.add_parser(
         "recover", formatter_class=defaults,
@@ -242,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--voters", type=_cluster, required=True, metavar="ID=HOST:PORT,...",
                          help="the new membership, by Raft address: the survivors")
 
+    sub.add_parser("hash-password", formatter_class=defaults,
+                   help="hash a password for the --auth file",
+                   description="Reads a password (from stdin, or asked for twice on a "
+                   "terminal) and prints a salted scrypt hash of it, to put as a user's "
+                   "\"password\" in the --auth file.")
+
     status = sub.add_parser("status", formatter_class=defaults, help="the cluster at a glance",
                             description="Members, leader, term, indexes, each follower's lag "
                             "and each node's latest snapshot, from every member's /status.")
@@ -249,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="any node, or several comma-separated (default: $RAFTSQL_URL, "
                         "else http://127.0.0.1:4001)")
     status.add_argument("--json", action="store_true", help="every member's view, as JSON")
+    add_user_argument(status)
     return parser
 
 
@@ -272,20 +286,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "backup":
         from raftsql.cli.transfer import main_backup
 
-        return main_backup(args.url, args.file, args.sql, args.compress)
+        return main_backup(args.url, args.file, args.sql, args.compress, _user(args))
     if args.command == "restore":
         from raftsql.cli.transfer import main_restore
 
-        return main_restore(args.url, args.file)
+        return main_restore(args.url, args.file, _user(args))
     if args.command == "status":
         from raftsql.cli.status import main_status
 
-        return main_status(args.url, args.json)
+        return main_status(args.url, args.json, _user(args))
     if args.command == "recover":
         return _recover(args)
+    if args.command == "hash-password":
+        return _hash_password()
     if args.command == "serve":
         return _serve(args, stop)
     return _run_cluster(args, stop)
+
+
+def _user(args: argparse.Namespace) -> tuple[str, str] | None:
+    from raftsql.client.http import credentials
+
+    return credentials(args.user, sys.stdin.isatty())
+
+
+def _hash_password() -> int:
+    import getpass
+
+    from raftsql.server import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("raftsql hash-password: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("raftsql hash-password: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
 
 
 def _recover(args: argparse.Namespace) -> int:
@@ -321,6 +362,15 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
         except OSError as e:
             logging.getLogger("raftsql").error("cannot start: %s", e)
             return 1
+    auth = None
+    if args.auth:
+        from raftsql.server import Auth, AuthFileError
+
+        try:
+            auth = Auth.load(args.auth, secret)
+        except AuthFileError as e:
+            logging.getLogger("raftsql").error("cannot start: %s", e)
+            return 1
     config = NodeConfig(
         node_id=args.node_id, data_dir=args.data_dir, http_addr=args.http_addr,
         raft_addr=args.raft_addr, initial_cluster=args.initial_cluster or {},
@@ -339,7 +389,7 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
                                    kv_history=args.kv_history, backup_dir=args.backup_dir,
                                    backup_interval=args.backup_interval,
                                    backup_keep=args.backup_keep,
-                                   backup_compress=args.backup_compress))
+                                   backup_compress=args.backup_compress, auth=auth))
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))

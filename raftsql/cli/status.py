@@ -6,6 +6,7 @@ down, cut off or behind shows as such; the leader's view adds how far each follo
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -13,17 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from raftsql.cli.launcher import http
-from raftsql.client.http import split_urls
+from raftsql.client.http import auth_headers, split_auth, split_urls
 
 TIMEOUT = 2.0  # seconds a member may take to answer
 
 
-def gather(urls: str | None) -> dict[str, Any]:
+def gather(urls: str | None, auth: tuple[str, str] | None = None) -> dict[str, Any]:
     """{"members": [...], "views": {id: store status or None}} from the first node of
-    `urls` that answers, and then from every member."""
-    fetch = _store_status
+    `urls` that answers, and then from every member (as `auth`, else the URLs' userinfo)."""
+    seeds, creds = split_auth(split_urls(urls), auth)
+    fetch = functools.partial(_store_status, headers=auth_headers(creds))
     first, failures = None, []
-    for url in split_urls(urls):
+    for url in seeds:
         try:
             first = fetch(url)
             break
@@ -44,10 +46,12 @@ def gather(urls: str | None) -> dict[str, Any]:
     return {"members": members, "views": views}
 
 
-def _store_status(url: str) -> Any:
-    code, body = http("GET", f"{url.rstrip('/')}/status?key=store", timeout=TIMEOUT)
+def _store_status(url: str, headers: dict[str, str]) -> Any:
+    code, body = http("GET", f"{url.rstrip('/')}/status?key=store", timeout=TIMEOUT,
+                      headers=headers)
     if code != 200 or not isinstance(body, dict):
-        raise ValueError(f"HTTP {code}")
+        raise ValueError(f"HTTP {code}" + (f": {body.strip()}" if isinstance(body, str) and body
+                                           else ""))
     return body
 
 
@@ -95,9 +99,9 @@ def _age(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def main_status(urls: str | None, as_json: bool) -> int:
+def main_status(urls: str | None, as_json: bool, auth: tuple[str, str] | None = None) -> int:
     try:
-        cluster = gather(urls)
+        cluster = gather(urls, auth)
     except (ConnectionError, ValueError) as e:
         print(f"raftsql status: {e}", file=sys.stderr)
         return 1

@@ -19,7 +19,13 @@ import uuid
 from collections.abc import Callable
 from typing import IO
 
-from raftsql.client.http import IDEMPOTENCY_HEADER, error_text, split_urls
+from raftsql.client.http import (
+    IDEMPOTENCY_HEADER,
+    auth_headers,
+    error_text,
+    split_auth,
+    split_urls,
+)
 
 CHUNK = 1 << 20
 
@@ -29,22 +35,27 @@ class TransferError(Exception):
 
 
 def backup(urls: str | None, path: str, *, sql: bool = False, compress: bool = False,
-           timeout: float = 60.0, progress: IO[str] | None = None) -> int:
+           timeout: float = 60.0, progress: IO[str] | None = None,
+           auth: tuple[str, str] | None = None) -> int:
     """Write the cluster's database (a SQLite file; with `sql` a dump) to `path`, trying the
-    nodes of `urls` in turn until one answers; returns the bytes written."""
+    nodes of `urls` in turn until one answers, as `auth` (else the URLs' userinfo); returns
+    the bytes written."""
     query = "&".join(q for q, on in (("fmt=sql", sql), ("compress", compress)) if on)
     target = "/db/backup" + (f"?{query}" if query else "")
-    return _first_node(urls, timeout, lambda url, conn: _save(
-        url, _ask(conn, "GET", target), path, progress))
+    seeds, creds = split_auth(split_urls(urls), auth)
+    return _first_node(seeds, timeout, lambda url, conn: _save(
+        url, _ask(conn, "GET", target, auth_headers(creds)), path, progress))
 
 
 def restore(urls: str | None, path: str, *, timeout: float = 600.0,
-            progress: IO[str] | None = None) -> int:
+            progress: IO[str] | None = None, auth: tuple[str, str] | None = None) -> int:
     """Load the SQL dump (or SQLite file) at `path` into the cluster (POST /db/load) through
-    the first node of `urls` that answers; returns the bytes sent."""
+    the first node of `urls` that answers, as `auth` (else the URLs' userinfo); returns the
+    bytes sent."""
     size = os.path.getsize(path)
+    seeds, creds = split_auth(split_urls(urls), auth)
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size),
-               IDEMPOTENCY_HEADER: uuid.uuid4().hex}
+               IDEMPOTENCY_HEADER: uuid.uuid4().hex, **auth_headers(creds)}
 
     def send(url: str, conn: http.client.HTTPConnection) -> int:
         conn.putrequest("POST", "/db/load")
@@ -68,14 +79,14 @@ def restore(urls: str | None, path: str, *, timeout: float = 600.0,
         # A database file answers {"results": []}, or 400 (above) when the nodes refused it.
         return size
 
-    return _first_node(urls, timeout, send)
+    return _first_node(seeds, timeout, send)
 
 
-def _first_node(urls: str | None, timeout: float,
+def _first_node(seeds: list[str], timeout: float,
                 work: Callable[[str, http.client.HTTPConnection], int]) -> int:
-    """`work(url, connection)` on the first node of `urls` that takes a connection."""
+    """`work(url, connection)` on the first node of `seeds` that takes a connection."""
     failures = []
-    for url in split_urls(urls):
+    for url in seeds:
         parts = urllib.parse.urlsplit(url)
         cls = (http.client.HTTPSConnection if parts.scheme == "https"
                else http.client.HTTPConnection)
@@ -95,9 +106,9 @@ def _first_node(urls: str | None, timeout: float,
     raise TransferError("no node answered: " + "; ".join(failures))
 
 
-def _ask(conn: http.client.HTTPConnection, method: str, target: str
-         ) -> http.client.HTTPResponse:
-    conn.request(method, target)
+def _ask(conn: http.client.HTTPConnection, method: str, target: str,
+         headers: dict[str, str]) -> http.client.HTTPResponse:
+    conn.request(method, target, headers=headers)
     return conn.getresponse()
 
 
@@ -158,13 +169,15 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def main_backup(urls: str | None, path: str, sql: bool, compress: bool) -> int:
+def main_backup(urls: str | None, path: str, sql: bool, compress: bool,
+                auth: tuple[str, str] | None = None) -> int:
     return _reporting("backup", path, lambda: backup(urls, path, sql=sql, compress=compress,
-                                                     progress=sys.stderr))
+                                                     progress=sys.stderr, auth=auth))
 
 
-def main_restore(urls: str | None, path: str) -> int:
-    return _reporting("restore", path, lambda: restore(urls, path, progress=sys.stderr))
+def main_restore(urls: str | None, path: str, auth: tuple[str, str] | None = None) -> int:
+    return _reporting("restore", path, lambda: restore(urls, path, progress=sys.stderr,
+                                                       auth=auth))
 
 
 def _reporting(command: str, path: str, work: Callable[[], int]) -> int:

@@ -128,6 +128,38 @@ def split_auth(urls: list[str], auth: tuple[str, str] | str | None
     return clean, auth or found
 
 
+def add_user_argument(parser: Any) -> None:
+    """The -u flag every command that talks to a cluster takes (an argparse parser)."""
+    parser.add_argument("-u", "--user", default=None, metavar="USER[:PASSWORD]",
+                        help="HTTP basic auth; with USER alone the password is asked for "
+                        "(default: $RAFTSQL_USER and $RAFTSQL_PASSWORD, else the URL's "
+                        "user:password@, else none)")
+
+
+def credentials(user: str | None, interactive: bool) -> tuple[str, str] | None:
+    """A command's -u USER[:PASSWORD], else $RAFTSQL_USER (and $RAFTSQL_PASSWORD). A password
+    left out is asked for only when a person can answer; a script goes on without one."""
+    user = user if user is not None else os.environ.get("RAFTSQL_USER")
+    if not user:
+        return None
+    name, sep, password = user.partition(":")
+    if not sep:
+        password = os.environ.get("RAFTSQL_PASSWORD", "")
+        if not password and interactive:
+            import getpass
+
+            password = getpass.getpass(f"password for {name}: ")
+    return name, password
+
+
+def auth_headers(auth: tuple[str, str] | None) -> dict[str, str]:
+    """The Authorization header for HTTP basic auth as `auth` (user, password), if any."""
+    if auth is None:
+        return {}
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 @dataclass
 class _Attempt:
     """What happened to one request so far, across nodes."""
@@ -260,9 +292,7 @@ class Cluster:
             h["Content-Type"] = "application/json"
         if key:
             h[IDEMPOTENCY_HEADER] = key
-        if self._auth:
-            token = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
-            h["Authorization"] = f"Basic {token}"
+        h.update(auth_headers(self._auth))
         h.update(extra or {})
         return h
 

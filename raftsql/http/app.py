@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from raftsql.http.auth import REALM, Auth, AuthFailure, required
 from raftsql.http.consul import kv as consul_kv
 from raftsql.http.consul import session as consul_session
 from raftsql.http.queue import WriteQueue
@@ -35,16 +36,17 @@ def make_app(
     node: ClusterNode, sql: SqlService, *, kv: KvService | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allow_origin: str | None = None, queue_capacity: int = 1024, queue_batch_size: int = 128,
-    queue_timeout: float = 0.05,
+    queue_timeout: float = 0.05, auth: Auth | None = None,
 ) -> web.Application:
     """The rqlite-compatible API of `node` and its SQL service; with `kv`, Consul's KV API
-    of its config store too."""
+    of its config store too; with `auth`, every client request is checked against it."""
     # Data routes stream their bodies against max_body_bytes themselves (413 before reading
     # more); client_max_size only bounds routes that call request.read(), like Raft's RPC.
     app = web.Application(middlewares=[_guard], client_max_size=max(max_body_bytes, 2**20))
-    state = ApiState(node, sql, max_body_bytes, kv, allow_origin)
+    state = ApiState(node, sql, max_body_bytes, kv, allow_origin, auth)
     state.queue = WriteQueue(sql, node.node_id, lambda: state.client, capacity=queue_capacity,
-                             batch_size=queue_batch_size, timeout=queue_timeout)
+                             batch_size=queue_batch_size, timeout=queue_timeout,
+                             member_headers=auth.member_headers() if auth else {})
     app[STATE] = state
     _add_routes(app.router)
     app.on_response_prepare.append(_add_headers)
@@ -87,9 +89,23 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.method == "OPTIONS":
         return web.Response(status=200)
     start = perf_counter()
-    response = await _answer(request, handler)
-    request.app[STATE].metrics.observe(request, response.status, start)
+    state = request.app[STATE]
+    refused = await _refused(state.auth, request) if state.auth is not None else None
+    response = refused or await _answer(request, handler)
+    state.metrics.observe(request, response.status, start)
     return response
+
+
+async def _refused(auth: Auth, request: web.Request) -> web.Response | None:
+    """The 401 or 403 for a request `auth` does not allow (before its body is read)."""
+    needed = required(request)
+    if needed is None:
+        return None
+    try:
+        await auth.check(request, needed)
+    except AuthFailure as e:
+        return text_error(e.status, str(e))
+    return None
 
 
 async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -123,7 +139,11 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
     h = response.headers
     h["X-RQLITE-VERSION"] = VERSION
     h["Access-Control-Allow-Methods"] = "OPTIONS, GET, POST"
-    h["Access-Control-Allow-Headers"] = "Content-Type"
+    if state.auth is None:
+        h["Access-Control-Allow-Headers"] = "Content-Type"
+    else:
+        h["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+        h["WWW-Authenticate"] = REALM
     if state.allow_origin:
         h["Access-Control-Allow-Origin"] = state.allow_origin
 

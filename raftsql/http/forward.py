@@ -46,7 +46,7 @@ from raftsql.http.state import ApiState
 
 log = logging.getLogger("raftsql.http")
 
-_PASSED_HEADERS = ("Content-Type", "Authorization", "Accept", IDEMPOTENCY_KEY)
+_PASSED_HEADERS = ("Content-Type", "Authorization", "X-Consul-Token", "Accept", IDEMPOTENCY_KEY)
 _PASSED_BACK_PREFIXES = ("X-Consul-", "X-Raftsql-Compact-")
 _POLL = 0.05  # seconds between two looks for a leader
 _RETRY_SAME = 0.5  # seconds before a leader that could not be reached is tried again

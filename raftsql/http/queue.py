@@ -35,8 +35,10 @@ class WriteQueue:
         self, sql: SqlService, node_id: str, client: Callable[[], aiohttp.ClientSession], *,
         capacity: int = 1024, batch_size: int = 128, timeout: float = 0.05,
         retry_interval: float = 1.0, transaction: bool = False,
+        member_headers: dict[str, str] | None = None,
     ) -> None:
         self._sql = sql
+        self._member_headers = member_headers or {}  # let through the leader's auth
         self._node_id = node_id
         self._client = client
         self.capacity = capacity
@@ -143,7 +145,7 @@ class WriteQueue:
     async def _forward(self, leader_url: str, statements: list[Any]) -> list[str | None]:
         url = leader_url.rstrip("/") + "/db/execute" + ("?transaction" if self.transaction else "")
         headers = {"Content-Type": "application/json",
-                   FORWARDED_HEADER: self._node_id}
+                   FORWARDED_HEADER: self._node_id, **self._member_headers}
         async with self._client().post(
             url, data=orjson.dumps(statements), headers=headers,
             timeout=aiohttp.ClientTimeout(total=30),

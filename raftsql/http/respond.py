@@ -27,6 +27,7 @@ from raftsql.errors import (
     StaleReadError,
     TransportError,
 )
+from raftsql.http.auth import AuthFailure
 from raftsql.http.rqlite.encode import response_body
 
 VERSION = f"raftsql/{__version__}"
@@ -117,6 +118,7 @@ Wording = Callable[[Any, Route], str]
 # The first type that matches wins; a 503 is worded the route's way (JSON or text).
 ERRORS: tuple[tuple[type[Exception], Callable[[Any], int], Wording, bool], ...] = (
     (RequestError, lambda e: e.status, lambda e, route: e.message, False),
+    (AuthFailure, lambda e: e.status, lambda e, route: str(e), False),
     (ClusterError, lambda e: e.status, lambda e, route: str(e), False),
     (StaleReadError, lambda e: 503, lambda e, route: str(e), False),
     (RequestTimeoutError, lambda e: 503, lambda e, route: route.timeout, True),

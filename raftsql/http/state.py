@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from raftsql.http.auth import Auth
 from raftsql.http.metrics import HttpMetrics
 from raftsql.http.queue import WriteQueue
 from raftsql.kv.service import KvService
@@ -47,6 +48,7 @@ class ApiState:
     max_body_bytes: int
     kv: KvService | None = None  # the config store (raftsql/kv/), when this node serves it
     allow_origin: str | None = None
+    auth: Auth | None = None  # who may do what (raftsql/http/auth.py); None: anyone anything
     queue: WriteQueue | None = None
     session: aiohttp.ClientSession | None = None
     started: float = field(default_factory=time.time)

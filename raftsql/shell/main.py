@@ -5,14 +5,12 @@ the input is a person at a terminal, a pipe, or `-c SQL`.
 from __future__ import annotations
 
 import argparse
-import getpass
 import io
-import os
 import signal
 import sys
 from typing import Any
 
-from raftsql.client.http import Cluster, split_urls
+from raftsql.client.http import Cluster, add_user_argument, credentials, split_urls
 from raftsql.shell.shell import RaftShell
 
 DEFAULT_TIMEOUT = 10.0
@@ -29,25 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consistency", choices=("none", "weak", "linearizable", "strong"),
                         default=None, help="the read consistency level (default: the "
                         "cluster's, weak)")
-    parser.add_argument("-u", "--user", default=None, metavar="USER[:PASSWORD]",
-                        help="HTTP basic auth; with USER alone the password is asked for "
-                        "(default: $RAFTSQL_USER and $RAFTSQL_PASSWORD, else none)")
+    add_user_argument(parser)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="how long a statement may wait for the cluster")
-
-
-def credentials(user: str | None, interactive: bool) -> tuple[str, str] | None:
-    """-u USER[:PASSWORD], else RAFTSQL_USER/RAFTSQL_PASSWORD. A password left out is asked
-    for only when a person can answer; a script goes on without one."""
-    user = user if user is not None else os.environ.get("RAFTSQL_USER")
-    if not user:
-        return None
-    name, sep, password = user.partition(":")
-    if not sep:
-        password = os.environ.get("RAFTSQL_PASSWORD", "")
-        if not password and interactive:
-            password = getpass.getpass(f"password for {name}: ")
-    return name, password
 
 
 def main(args: argparse.Namespace | Any) -> int:

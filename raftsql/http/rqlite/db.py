@@ -207,6 +207,8 @@ async def handle_request(request: web.Request) -> web.Response:
         return req.refused(DISALLOWED_PRAGMA)
     if req.state.sql.all_reads(statements):
         return await req.on_leader(lambda: _read(req, statements), READ)
+    if req.state.auth is not None:  # only reads needed only the query permission
+        await req.state.auth.check(request, ("query", "execute"))
     if not req.key_is_valid():
         return req.refused(BAD_KEY)
     return await req.on_leader(lambda: _write(req, statements, Op.REQUEST), WRITE)
