@@ -7,11 +7,13 @@ case the transport gets a listener of its own (rqlite's two ports).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from raftsql.errors import ClusterError
 from raftsql.http.app import DEFAULT_MAX_BODY_BYTES, make_app
 from raftsql.http.auth import Auth, AuthFileError, hash_password
 from raftsql.kv.machine import HISTORY, KvMachine
@@ -24,9 +26,11 @@ from raftsql.sql.service import KEY_CAPACITY, KEY_WINDOW, SqlService
 from raftsql.sql.sidecar import SIDECAR_SUFFIX
 from raftsql.storage.lock import lock_data_dir
 from raftsql.transport.rpc import serve_app
+from raftsql.transport.tls import ApiTls, PeerTls, Reloader
 from raftsql.transport.websocket import Transport
 
-__all__ = ["Auth", "AuthFileError", "KvLimits", "NodeConfig", "Server", "ServerConfig", "hash_password"]
+__all__ = ["ApiTls", "Auth", "AuthFileError", "KvLimits", "NodeConfig", "PeerTls", "Server",
+           "ServerConfig", "hash_password"]
 
 
 @dataclass
@@ -43,6 +47,8 @@ class ServerConfig:
     backup_keep: int = 24  # the newest kept (0: all)
     backup_compress: bool = False
     auth: Auth | None = None  # who may do what through the API (raftsql/http/auth.py)
+    tls: ApiTls | None = None  # the API over HTTPS only (raftsql/transport/tls.py)
+    peer_tls: PeerTls | None = None  # mutual TLS between nodes
 
 
 def open_state_machine(data_dir: str, fk: bool = False,
@@ -72,6 +78,8 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         nc = config.node
+        if config.peer_tls is not None and not (nc.raft_addr and nc.raft_addr != nc.http_addr):
+            raise ClusterError("peer TLS needs a --raft-addr of its own (not the HTTP address)")
         self._unlock = lock_data_dir(nc.data_dir)  # before anything opens a file there
         try:
             self.database, self.machine = open_state_machine(nc.data_dir, config.fk,
@@ -79,13 +87,20 @@ class Server:
         except BaseException:
             self._unlock()
             raise
-        self.transport = Transport(nc.node_id, secret=nc.cluster_secret, api_url=nc.api_url)
+        peer = config.peer_tls
+        self._peer_ssl = (peer.client(), peer.server()) if peer else None
+        self.transport = Transport(
+            nc.node_id, secret=nc.cluster_secret, api_url=nc.api_url,
+            ssl_context=self._peer_ssl[0] if self._peer_ssl else None,
+            server_ssl=self._peer_ssl[1] if self._peer_ssl else None,
+            server_name=peer.server_name if peer else None)
         self.node = Node(nc, self.database, transport=self.transport)
         self.sql = SqlService(self.node, self.database, fk=config.fk,
                               key_window=config.key_window, key_capacity=config.key_capacity)
         self.kv = KvService(self.node, self.sql, self.machine, self.database.path + SIDECAR_SUFFIX,
                             limits=config.kv_limits)
         self._runners: list[web.AppRunner] = []
+        self._reloading: list[asyncio.Task[None]] = []
         self.backups = (AutoBackup(self.database.path, config.backup_dir,
                                    interval=config.backup_interval, keep=config.backup_keep,
                                    compress=config.backup_compress)
@@ -93,8 +108,10 @@ class Server:
 
     async def start(self) -> None:
         nc = self.config.node
+        tls = self.config.tls
+        api_ssl = (tls.server(), tls.client()) if tls else None
         app = make_app(self.node, self.sql, kv=self.kv, max_body_bytes=self.config.max_body_bytes,
-                       auth=self.config.auth)
+                       auth=self.config.auth, client_ssl=api_ssl[1] if api_ssl else None)
         if nc.raft_addr and nc.raft_addr != nc.http_addr:
             await self.transport.listen(nc.raft_addr)
         else:
@@ -103,7 +120,13 @@ class Server:
         await self.kv.start()
         if self.backups is not None:
             self.backups.start()
-        self._runners.append(await serve_app(app, nc.http_addr))
+        self._runners.append(await serve_app(app, nc.http_addr,
+                                             api_ssl[0] if api_ssl else None))
+        reloaders = [Reloader(tls.cert, tls.key, list(api_ssl))] if tls and api_ssl else []
+        if self.config.peer_tls is not None and self._peer_ssl is not None:
+            peer = self.config.peer_tls
+            reloaders.append(Reloader(peer.cert, peer.key, list(self._peer_ssl)))
+        self._reloading = [asyncio.get_running_loop().create_task(r.run()) for r in reloaders]
 
     async def stop(self, transfer: bool = True) -> None:
         """The node first (a leader hands over; what waits on it fails), then the API."""
@@ -114,6 +137,8 @@ class Server:
         for runner in self._runners:
             await runner.cleanup()
         self._runners = []
+        for task in self._reloading:
+            task.cancel()
         self.sql.close()
         self._unlock()
 

@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from raftsql import __version__
 from raftsql.client.http import add_user_argument
@@ -161,6 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rqlite's auth file: a JSON list of {\"username\", \"password\", "
                        "\"perms\"}; a password may be a hash from `raftsql hash-password` "
                        "(default: none, every client may do anything)")
+    tls = serve.add_argument_group("TLS (certificates are reloaded when their files change)")
+    tls.add_argument("--tls-cert", default=None, metavar="FILE",
+                     help="serve the HTTP API over HTTPS only, with this certificate (PEM)...")
+    tls.add_argument("--tls-key", default=None, metavar="FILE", help="...and its key")
+    tls.add_argument("--tls-client-ca", default=None, metavar="FILE",
+                     help="require client certificates signed by this CA")
+    tls.add_argument("--tls-ca", default=None, metavar="FILE",
+                     help="the CA other nodes' API certificates are checked against when this "
+                     "node forwards to them (default: the system's)")
+    tls.add_argument("--peer-tls-cert", default=None, metavar="FILE",
+                     help="mutual TLS between nodes: this node's certificate...")
+    tls.add_argument("--peer-tls-key", default=None, metavar="FILE", help="...its key...")
+    tls.add_argument("--peer-tls-ca", default=None, metavar="FILE",
+                     help="...and the CA every peer's certificate must be signed by")
+    tls.add_argument("--peer-tls-server-name", default=None, metavar="NAME",
+                     help="the name checked in peers' certificates (default: their address)")
     serve.add_argument("--idempotency-window", type=_duration, default="10m", metavar="DURATION",
                        help="how long the cluster remembers a write's idempotency key, so a "
                        "retry of it is not applied again (e.g. 90s, 10m, 1h; the leader's "
@@ -304,6 +321,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run_cluster(args, stop)
 
 
+def _tls(args: argparse.Namespace) -> tuple[Any, Any]:
+    """serve's TLS flags: (ApiTls or None, PeerTls or None), their files loaded once here so
+    that a wrong one stops the start with a message."""
+    from raftsql.server import ApiTls, PeerTls
+
+    api = peer = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        api = ApiTls(args.tls_cert, args.tls_key, args.tls_client_ca, args.tls_ca)
+        api.server(), api.client()
+    elif args.tls_client_ca or args.tls_ca:
+        raise ValueError("--tls-client-ca and --tls-ca need --tls-cert and --tls-key")
+    flags = (args.peer_tls_cert, args.peer_tls_key, args.peer_tls_ca)
+    if any(flags):
+        if not all(flags):
+            raise ValueError("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together")
+        peer = PeerTls(args.peer_tls_cert, args.peer_tls_key, args.peer_tls_ca,
+                       args.peer_tls_server_name)
+        peer.server(), peer.client()
+    return api, peer
+
+
 def _user(args: argparse.Namespace) -> tuple[str, str] | None:
     from raftsql.client.http import credentials
 
@@ -371,13 +411,18 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
         except AuthFileError as e:
             logging.getLogger("raftsql").error("cannot start: %s", e)
             return 1
+    try:
+        api_tls, peer_tls = _tls(args)
+    except (ValueError, OSError) as e:  # (ssl.SSLError is an OSError)
+        logging.getLogger("raftsql").error("cannot start: %s", e)
+        return 1
     config = NodeConfig(
         node_id=args.node_id, data_dir=args.data_dir, http_addr=args.http_addr,
         raft_addr=args.raft_addr, initial_cluster=args.initial_cluster or {},
         join=args.join or [], non_voter=args.non_voter, heartbeat_ms=args.heartbeat_ms,
         election_ms=args.election_ms, snapshot_threshold=args.snapshot_threshold,
         snapshot_threshold_bytes=args.snapshot_threshold_bytes,
-        trailing_logs=args.trailing_logs, cluster_secret=secret,
+        trailing_logs=args.trailing_logs, cluster_secret=secret, api_tls=api_tls is not None,
     )
 
     async def run() -> int:
@@ -389,7 +434,8 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
                                    kv_history=args.kv_history, backup_dir=args.backup_dir,
                                    backup_interval=args.backup_interval,
                                    backup_keep=args.backup_keep,
-                                   backup_compress=args.backup_compress, auth=auth))
+                                   backup_compress=args.backup_compress, auth=auth,
+                                   tls=api_tls, peer_tls=peer_tls))
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from time import perf_counter
 from typing import Any
 
@@ -37,13 +38,15 @@ def make_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allow_origin: str | None = None, queue_capacity: int = 1024, queue_batch_size: int = 128,
     queue_timeout: float = 0.05, auth: Auth | None = None,
+    client_ssl: ssl.SSLContext | None = None,
 ) -> web.Application:
     """The rqlite-compatible API of `node` and its SQL service; with `kv`, Consul's KV API
-    of its config store too; with `auth`, every client request is checked against it."""
+    of its config store too; with `auth`, every client request is checked against it;
+    `client_ssl`: what this node forwards to other nodes' HTTPS APIs with."""
     # Data routes stream their bodies against max_body_bytes themselves (413 before reading
     # more); client_max_size only bounds routes that call request.read(), like Raft's RPC.
     app = web.Application(middlewares=[_guard], client_max_size=max(max_body_bytes, 2**20))
-    state = ApiState(node, sql, max_body_bytes, kv, allow_origin, auth)
+    state = ApiState(node, sql, max_body_bytes, kv, allow_origin, auth, client_ssl=client_ssl)
     state.queue = WriteQueue(sql, node.node_id, lambda: state.client, capacity=queue_capacity,
                              batch_size=queue_batch_size, timeout=queue_timeout,
                              member_headers=auth.member_headers() if auth else {})

@@ -3,6 +3,7 @@ the forwarding session, the queue; and the interfaces the API uses them through.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ class ApiState:
     kv: KvService | None = None  # the config store (raftsql/kv/), when this node serves it
     allow_origin: str | None = None
     auth: Auth | None = None  # who may do what (raftsql/http/auth.py); None: anyone anything
+    client_ssl: ssl.SSLContext | None = None  # for other nodes' HTTPS APIs
     queue: WriteQueue | None = None
     session: aiohttp.ClientSession | None = None
     started: float = field(default_factory=time.time)
@@ -59,7 +61,9 @@ class ApiState:
     def client(self) -> aiohttp.ClientSession:
         """One ClientSession per app, for forwarding and peer checks."""
         if self.session is None or self.session.closed:
-            self.session = aiohttp.ClientSession()
+            connector = (aiohttp.TCPConnector(ssl=self.client_ssl) if self.client_ssl is not None
+                         else None)
+            self.session = aiohttp.ClientSession(connector=connector)
         return self.session
 
     def served_here(self) -> str:

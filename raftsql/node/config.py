@@ -25,6 +25,7 @@ class NodeConfig:
     snapshot_threshold_bytes: int = 64 * 2**20  # ...or bytes of their commands (0: no limit)
     trailing_logs: int = 10240  # entries kept before a snapshot (at most TRAILING_BYTES)
     cluster_secret: str | None = None
+    api_tls: bool = False  # the client API is served over HTTPS (its URL says so)
 
     @property
     def advertised_raft_addr(self) -> str:
@@ -32,7 +33,7 @@ class NodeConfig:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.http_addr}"
+        return f"{'https' if self.api_tls else 'http'}://{self.http_addr}"
 
 
 class PeerTransport(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 import aiohttp
@@ -48,14 +49,16 @@ def json_response(status: int, body: Any) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-async def serve_app(app: web.Application, addr: str) -> web.AppRunner:
-    """Serve an aiohttp application at `addr` (host:port); the runner cleans it up."""
+async def serve_app(app: web.Application, addr: str,
+                    ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Serve an aiohttp application at `addr` (host:port), over TLS only with `ssl_context`;
+    the runner cleans it up."""
     host, _, port = addr.rpartition(":")
     # In-flight requests get a second to finish when the runner is cleaned up.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port),
-                      reuse_address=True).start()
+                      reuse_address=True, ssl_context=ssl_context).start()
     return runner
 
 
@@ -88,12 +91,12 @@ async def serve_rpc(request: web.Request, handlers: dict[str, Any], node_id: str
 
 async def call_rpc(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
                    raft_addr: str, name: str, payload: dict[str, Any], timeout: float,
-                   ssl: Any) -> dict[str, Any]:
+                   tls: dict[str, Any]) -> dict[str, Any]:
     """POST `payload` to the peer's RPC `url`; its result, or its error raised here."""
     try:
         async with asyncio.timeout(timeout), session.post(
             url, data=orjson.dumps(payload),
-            headers={**headers, "Content-Type": "application/json"}, ssl=ssl,
+            headers={**headers, "Content-Type": "application/json"}, **tls,
         ) as resp:
             status, body = resp.status, await resp.read()
     except aiohttp.ClientError as exc:

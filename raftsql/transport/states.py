@@ -4,9 +4,8 @@ download resumes where it stopped (raftsql/node/snapshots.py drives it)."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp import web
@@ -32,12 +31,12 @@ def serve_state(request: web.Request, state_file: Callable[[int, int], str | Non
 
 async def fetch_state(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
                       offset: int, out: BinaryIO, *, timeout: aiohttp.ClientTimeout,
-                      ssl: ssl.SSLContext | bool) -> None:
+                      tls: dict[str, Any]) -> None:
     """Append what `url` serves from byte `offset` on to `out`. TransportError (status 404:
     the peer no longer has it); whatever arrived before a failure stays written."""
     try:
         async with session.get(url, headers={**headers, "Range": f"bytes={offset}-"},
-                               timeout=timeout, ssl=ssl) as resp:
+                               timeout=timeout, **tls) as resp:
             if resp.status not in (200, 206):
                 text = (await resp.read())[:200].decode("utf-8", "replace")
                 raise TransportError(f"{url}: {resp.status} {text}", resp.status)

@@ -91,6 +91,8 @@ class Transport:
         on_peer_api: Callable[[str, str], None] | None = None,
         attach: Callable[[Message], Message | None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        server_ssl: ssl.SSLContext | None = None,
+        server_name: str | None = None,
         max_queue: int = 256,
         ack_delay: float = 0.02,
         chunk_size: int = CHUNK_SIZE,
@@ -109,7 +111,11 @@ class Transport:
         self._secret = secret.encode() if secret is not None else None
         self._attach = attach
         self._snapshot_file: SnapshotFile = lambda index, term: None
-        self._ssl = ssl_context
+        # Peer TLS (transport/tls.py): what this node dials with, and listens with.
+        self._tls: dict[str, Any] = {"ssl": ssl_context if ssl_context is not None else True}
+        if server_name is not None:
+            self._tls["server_hostname"] = server_name
+        self._server_ssl = server_ssl
         self._scheme = "https" if ssl_context is not None else "http"
         self._max_queue = max_queue
         self._ack_delay = ack_delay
@@ -160,7 +166,7 @@ class Transport:
         """Serve the peer routes on a listener of their own at `addr` (host:port)."""
         app = web.Application(client_max_size=CHUNK_SIZE + CHUNK_OVERHEAD + 64)
         self.add_routes(app)
-        self._runner = await serve_app(app, addr)
+        self._runner = await serve_app(app, addr, self._server_ssl)
 
     async def close(self) -> None:
         if self._closed:
@@ -312,11 +318,12 @@ class Transport:
         session = self._session_or_new()
         url = f"{self._scheme}://{peer.addr}{STREAM_PATH}"
         async with asyncio.timeout(self._connect_timeout):
-            return await session.ws_connect(
+            ws: aiohttp.ClientWebSocketResponse = await session.ws_connect(
                 url, headers={**self._headers, TO_HEADER: peer.node_id}, compress=0,
                 max_msg_size=1 << 16, timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
-                ssl=self._ssl if self._ssl is not None else True,
+                **self._tls,
             )
+            return ws
 
     def _note_dial_failure(self, peer: Peer, exc: Exception) -> None:
         """One short line per outage: at INFO while the cluster forms (peers start at their
@@ -546,7 +553,7 @@ class Transport:
         """
         url = f"{self._scheme}://{raft_addr}/raft/rpc/{name}"
         return await call_rpc(self._session_or_new(), url, self._headers, raft_addr, name,
-                              payload, timeout, self._ssl if self._ssl is not None else True)
+                              payload, timeout, self._tls)
 
     # ---- snapshot states (transport/states.py) ---------------------------------------
 
@@ -561,7 +568,7 @@ class Transport:
         await fetch_state(self._session_or_new(), url, self._headers, offset, out,
                           timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout,
                                                         sock_read=self._peer_timeout),
-                          ssl=self._ssl if self._ssl is not None else True)
+                          tls=self._tls)
 
     # ---- helpers ----------------------------------------------------------------------
 
