@@ -49,6 +49,8 @@ class ServerConfig:
     auth: Auth | None = None  # who may do what through the API (raftsql/http/auth.py)
     tls: ApiTls | None = None  # the API over HTTPS only (raftsql/transport/tls.py)
     peer_tls: PeerTls | None = None  # mutual TLS between nodes
+    max_statements: int = 0  # in one request (0: no limit)
+    max_open_requests: int = 0  # at once, past which a 503 with Retry-After (0: no limit)
 
 
 def open_state_machine(data_dir: str, fk: bool = False,
@@ -101,6 +103,7 @@ class Server:
                             limits=config.kv_limits)
         self._runners: list[web.AppRunner] = []
         self._reloading: list[asyncio.Task[None]] = []
+        self.app: web.Application | None = None  # the API, once started
         self.backups = (AutoBackup(self.database.path, config.backup_dir,
                                    interval=config.backup_interval, keep=config.backup_keep,
                                    compress=config.backup_compress)
@@ -111,7 +114,9 @@ class Server:
         tls = self.config.tls
         api_ssl = (tls.server(), tls.client()) if tls else None
         app = make_app(self.node, self.sql, kv=self.kv, max_body_bytes=self.config.max_body_bytes,
-                       auth=self.config.auth, client_ssl=api_ssl[1] if api_ssl else None)
+                       auth=self.config.auth, client_ssl=api_ssl[1] if api_ssl else None,
+                       max_statements=self.config.max_statements,
+                       max_open=self.config.max_open_requests)
         if nc.raft_addr and nc.raft_addr != nc.http_addr:
             await self.transport.listen(nc.raft_addr)
         else:
@@ -120,6 +125,7 @@ class Server:
         await self.kv.start()
         if self.backups is not None:
             self.backups.start()
+        self.app = app
         self._runners.append(await serve_app(app, nc.http_addr,
                                              api_ssl[0] if api_ssl else None))
         reloaders = [Reloader(tls.cert, tls.key, list(api_ssl))] if tls and api_ssl else []

@@ -35,16 +35,16 @@ async def start_nodes(tmp_path, n: int = 3, *, heartbeat_ms: int, election_ms: i
 
 async def start_servers(tmp_path, n: int = 3, *, heartbeat_ms: int, election_ms: int,
                         cluster_secret: str | None = None,
-                        auth: Callable[[str], Any] | None = None) -> list[Server]:
+                        auth: Callable[[str], Any] | None = None, **server: Any) -> list[Server]:
     """Start `n` SQL servers (node, SQL service, HTTP API) of a new cluster; `auth(node_id)`
-    gives each node's Auth."""
+    gives each node's Auth; the other keywords go to every ServerConfig."""
     initial = {f"n{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(free_ports(n))}
     servers = [
         Server(ServerConfig(NodeConfig(node_id=node_id, data_dir=str(tmp_path / node_id),
                                        http_addr=addr, initial_cluster=initial,
                                        heartbeat_ms=heartbeat_ms, election_ms=election_ms,
                                        cluster_secret=cluster_secret),
-                            auth=auth(node_id) if auth else None))
+                            auth=auth(node_id) if auth else None, **server))
         for node_id, addr in initial.items()
     ]
     for server in servers:

@@ -15,6 +15,9 @@ Workloads (each bounded in time):
   DB a database of --db-mb MB (100; 1000 by hand): backup, snapshot, restart, restore and a
      new node's catch-up, in MB/s next to the disk's own, with peak RSS (tools/bigdb.py; the
      issue's "W6", a name W6 above had taken)
+  OL 1000 clients flooding the leader with 64 KB inserts, with --max-open-requests 64 and
+     without a limit: answers by status, the leader's peak RSS, a probe client's read latency
+     (tools/overload.py; by hand: not in the default run)
 Baselines, measured in the same run on the same machine:
   apsw:  local apsw INSERTs, each its own transaction, synchronous=FULL (one fsync per commit)
   http:  the same client against a trivial aiohttp endpoint (the client and HTTP overhead alone)
@@ -293,8 +296,13 @@ def main() -> int:
 
         print("\n".join(bench_big_database(args.db_mb)))
         only.discard("DB")
-        if not only:
-            return 0
+    if "OL" in only:
+        from overload import bench_overload
+
+        print("\n".join(bench_overload(args.seconds)))
+        only.discard("OL")
+    if not only:
+        return 0
 
     apsw_base = http_base = None
     if not args.no_baselines:

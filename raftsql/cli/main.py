@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "entries, so at most this many are kept (the oldest go first)")
     serve.add_argument("--max-body-bytes", type=_positive, default=64 * 2**20, metavar="BYTES",
                        help="the largest request body the HTTP API accepts (413 above)")
+    serve.add_argument("--max-statements", type=_count, default=100_000, metavar="N",
+                       help="statements one request may hold (0: no limit)")
+    serve.add_argument("--max-open-requests", type=_count, default=1024, metavar="N",
+                       help="requests served at once; past it a 503 with Retry-After "
+                       "(config store watches count; /status, /readyz, /metrics do not; "
+                       "0: no limit)")
     serve.add_argument("--kv-max-value-bytes", type=_positive, default=512 * 1024,
                        metavar="BYTES", help="the largest value the config store accepts "
                        "(/v1/kv; 413 above)")
@@ -435,7 +441,9 @@ def _serve(args: argparse.Namespace, stop: _StopRequest) -> int:
                                    backup_interval=args.backup_interval,
                                    backup_keep=args.backup_keep,
                                    backup_compress=args.backup_compress, auth=auth,
-                                   tls=api_tls, peer_tls=peer_tls))
+                                   tls=api_tls, peer_tls=peer_tls,
+                                   max_statements=args.max_statements,
+                                   max_open_requests=args.max_open_requests))
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         stop.on_request(lambda: loop.call_soon_threadsafe(stopping.set))

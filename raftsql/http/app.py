@@ -38,15 +38,17 @@ def make_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allow_origin: str | None = None, queue_capacity: int = 1024, queue_batch_size: int = 128,
     queue_timeout: float = 0.05, auth: Auth | None = None,
-    client_ssl: ssl.SSLContext | None = None,
+    client_ssl: ssl.SSLContext | None = None, max_statements: int = 0, max_open: int = 0,
 ) -> web.Application:
     """The rqlite-compatible API of `node` and its SQL service; with `kv`, Consul's KV API
     of its config store too; with `auth`, every client request is checked against it;
-    `client_ssl`: what this node forwards to other nodes' HTTPS APIs with."""
+    `client_ssl`: what this node forwards to other nodes' HTTPS APIs with; `max_statements`
+    per request and `max_open` requests at once (0: no limit)."""
     # Data routes stream their bodies against max_body_bytes themselves (413 before reading
     # more); client_max_size only bounds routes that call request.read(), like Raft's RPC.
     app = web.Application(middlewares=[_guard], client_max_size=max(max_body_bytes, 2**20))
-    state = ApiState(node, sql, max_body_bytes, kv, allow_origin, auth, client_ssl=client_ssl)
+    state = ApiState(node, sql, max_body_bytes, kv, allow_origin, auth, client_ssl=client_ssl,
+                     max_statements=max_statements, max_open=max_open)
     state.queue = WriteQueue(sql, node.node_id, lambda: state.client, capacity=queue_capacity,
                              batch_size=queue_batch_size, timeout=queue_timeout,
                              member_headers=auth.member_headers() if auth else {})
@@ -93,9 +95,29 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.Response(status=200)
     start = perf_counter()
     state = request.app[STATE]
-    refused = await _refused(state.auth, request) if state.auth is not None else None
-    response = refused or await _answer(request, handler)
+    counted = state.max_open > 0 and request.path not in _UNCOUNTED and not (
+        request.path.startswith("/raft/"))
+    if counted and state.open_requests >= state.max_open:
+        response = _overloaded(state.max_open)
+    else:
+        state.open_requests += counted
+        try:
+            refused = await _refused(state.auth, request) if state.auth is not None else None
+            response = refused or await _answer(request, handler)
+        finally:
+            state.open_requests -= counted
     state.metrics.observe(request, response.status, start)
+    return response
+
+
+# Never shed: what tells an operator (or a load balancer) how the node is doing.
+_UNCOUNTED = frozenset({"/status", "/readyz", "/metrics"})
+
+
+def _overloaded(limit: int) -> web.Response:
+    response = text_error(503, f"too many open requests (at most {limit} at once, "
+                          "--max-open-requests): try again")
+    response.headers["Retry-After"] = "1"
     return response
 
 

@@ -51,6 +51,9 @@ class ApiState:
     allow_origin: str | None = None
     auth: Auth | None = None  # who may do what (raftsql/http/auth.py); None: anyone anything
     client_ssl: ssl.SSLContext | None = None  # for other nodes' HTTPS APIs
+    max_statements: int = 0  # in one request (0: no limit)
+    max_open: int = 0  # requests being served at once, past which a 503 (0: no limit)
+    open_requests: int = 0
     queue: WriteQueue | None = None
     session: aiohttp.ClientSession | None = None
     started: float = field(default_factory=time.time)

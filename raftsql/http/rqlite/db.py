@@ -83,6 +83,17 @@ class _Request:
             headers[REPLAYED] = "true"
         return json_response(body, headers=headers)
 
+    def statements(self, *, allow_text: bool = True) -> list[Any]:
+        """The body's statements (RequestError 400 if malformed, or more than the node's
+        --max-statements)."""
+        statements = parse_statements(self.body, self.http.headers.get("Content-Type"),
+                                      allow_text=allow_text)
+        limit = self.state.max_statements
+        if limit and len(statements) > limit:
+            raise RequestError(400, f"too many statements: {len(statements)} in one request, "
+                               f"at most {limit} (--max-statements)")
+        return statements
+
     def key_is_valid(self) -> bool:
         key = self.http.headers.get(IDEMPOTENCY_KEY)
         return key is None or valid_key(key)
@@ -120,7 +131,7 @@ async def handle_execute(request: web.Request) -> web.Response:
     req = await _begin(request)
     if req.params.queue:
         return await _queued(req)
-    statements = parse_statements(req.body, request.headers.get("Content-Type"))
+    statements = req.statements()
     if disallowed_pragma(statements):
         return req.refused(DISALLOWED_PRAGMA)
     if not req.key_is_valid():
@@ -154,7 +165,7 @@ async def _queued(req: _Request) -> web.Response:
     if p.wait and empty and not is_text_body(req.http.headers.get("Content-Type")):
         statements: list[Any] = []  # a flush barrier
     else:
-        statements = parse_statements(req.body, req.http.headers.get("Content-Type"))
+        statements = req.statements()
         if disallowed_pragma(statements):
             return req.refused(DISALLOWED_PRAGMA)
     assert state.queue is not None
@@ -180,7 +191,7 @@ async def handle_query(request: web.Request) -> web.Response:
         # no result (an empty q is a 400, see Params).
         statements: list[Any] = [req.params.q or ""]
     else:
-        statements = parse_statements(req.body, request.headers.get("Content-Type"))
+        statements = req.statements()
     if disallowed_pragma(statements):
         return req.refused(DISALLOWED_PRAGMA)
     return await req.on_leader(lambda: _read(req, statements), READ)
@@ -202,7 +213,7 @@ async def _read(req: _Request, statements: list[Any]) -> web.Response:
 async def handle_request(request: web.Request) -> web.Response:
     """Reads and writes in one body: all reads follow the read path, else all go through Raft."""
     req = await _begin(request)
-    statements = parse_statements(req.body, request.headers.get("Content-Type"), allow_text=False)
+    statements = req.statements(allow_text=False)
     if disallowed_pragma(statements):
         return req.refused(DISALLOWED_PRAGMA)
     if req.state.sql.all_reads(statements):
