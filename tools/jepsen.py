@@ -1,0 +1,363 @@
+"""Jepsen-style runs against real processes: a workload with a recorded history under a
+nemesis, then heal, converge and check (issue 11).
+
+    python tools/jepsen.py --workload register --nemesis kill --seconds 60
+    python tools/jepsen.py --all --seconds 10          # every workload x nemesis, short
+
+Workloads (clients are threads, each with raftsql's own HTTP client: every node known,
+idempotency keys on writes, so a write resent after a failover is applied at most once):
+  register  reads (linearizable), writes and compare-and-sets on 5 keys; the history is
+            checked with a Wing-Gong-Lowe search (raftsql/simulation/linearizability.py),
+            and running out of its time budget is a failure
+  bank      transfers between 5 accounts, each one transaction; every read of the total
+            (linearizable) sums to the same amount
+  set       inserts of unique values; at the end, every acknowledged insert is present
+            exactly once, and none is present twice
+Each operation is ok, failed (certainly not applied: a 4xx, an SQL error, a node that said it
+did nothing) or unknown (a timeout, "may have been applied").
+
+Nemeses (every few seconds, on a 3-node cluster with fast timeouts):
+  none        nothing
+  kill        SIGKILL of one node (a minority), restarted with the same command line
+  kill-all    SIGKILL of every node at once, all restarted
+  stop-leader SIGSTOP of the leader for 1.5 election timeouts or more, then SIGCONT
+Partitions, latency and loss need network namespaces (veth pairs, tc netem): not yet.
+
+After the run: every node restarted or resumed, the cluster converges (every node applies
+the leader's commit index), the workload's final check runs, then the nodes stop and their
+databases must hold byte-identical canonical dumps and pass PRAGMA integrity_check.
+Exit status 0 when everything held; one JSON line per run with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from raftsql.cli.launcher import LocalCluster  # noqa: E402
+from raftsql.client.http import ClientError, Cluster, Unavailable  # noqa: E402
+from raftsql.simulation.linearizability import CAS, READ, WRITE, Op, check  # noqa: E402
+
+ELECTION_MS = 500
+KEYS = 5
+ACCOUNTS, OPENING = 5, 100
+OK, FAILED, UNKNOWN = "ok", "failed", "unknown"
+
+
+@dataclass
+class History:
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, **op: Any) -> None:
+        with self.lock:
+            self.ops.append(op)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for op in self.ops:
+            out[op["outcome"]] = out.get(op["outcome"], 0) + 1
+        return out
+
+
+def _write(client: Cluster, statements: list[Any], transaction: bool = False
+           ) -> tuple[str, list[dict[str, Any]]]:
+    """The outcome of a write, and its results when ok."""
+    try:
+        response = client.execute(statements, transaction=transaction)
+    except Unavailable as e:
+        return (UNKNOWN if e.maybe_applied else FAILED), []
+    except (ClientError, OSError):
+        return UNKNOWN, []
+    if response.status != 200:
+        return FAILED, []
+    results = response.results
+    if any("error" in r for r in results):
+        return FAILED, results
+    return OK, results
+
+
+def _read(client: Cluster, sql: str, *params: Any) -> list[list[Any]] | None:
+    """Rows of a linearizable read; None when it failed (a read that failed says nothing)."""
+    try:
+        response = client.query([[sql, *params]], level="linearizable")
+    except (ClientError, OSError):
+        return None
+    if response.status != 200:
+        return None
+    [result] = response.results
+    return None if "error" in result else result.get("values", [])
+
+
+# ---- workloads: setup(client), op(client, rng, history), final(client, history) -> problems
+
+
+def register_setup(client: Cluster) -> None:
+    assert _write(client, ["CREATE TABLE reg (k INTEGER PRIMARY KEY, v INTEGER)"])[0] == OK
+
+
+def register_op(client: Cluster, rng: random.Random, history: History, process: int) -> None:
+    key, roll, start = rng.randrange(KEYS), rng.random(), time.monotonic()
+    if roll < 0.4:
+        rows = _read(client, "SELECT v FROM reg WHERE k = ?", key)
+        if rows is not None:
+            history.add(f=READ, key=key, value=rows[0][0] if rows else None, invoke=start,
+                        complete=time.monotonic(), outcome=OK, process=process)
+        return
+    value = rng.randrange(1000)
+    if roll < 0.7:
+        outcome, _ = _write(client, [["INSERT INTO reg(k, v) VALUES(?, ?) ON CONFLICT(k) DO "
+                                      "UPDATE SET v = excluded.v", key, value]])
+        history.add(f=WRITE, key=key, value=value, invoke=start, complete=time.monotonic(),
+                    outcome=outcome, process=process)
+        return
+    expected = rng.randrange(1000) if rng.random() < 0.5 else _last_written(history, key)
+    outcome, results = _write(client, [["UPDATE reg SET v = ? WHERE k = ? AND v = ?", value,
+                                        key, expected]])
+    applied = None if outcome == UNKNOWN else bool(results and results[0].get("rows_affected"))
+    history.add(f=CAS, key=key, value=value, expected=expected, applied=applied, invoke=start,
+                complete=time.monotonic(), outcome=outcome, process=process)
+
+
+def _last_written(history: History, key: int) -> int:
+    with history.lock:
+        for op in reversed(history.ops):
+            if op["key"] == key and op["f"] in (WRITE, CAS):
+                return int(op["value"])
+    return 0
+
+
+def register_final(client: Cluster, history: History, budget: float) -> list[str]:
+    ops = [Op(o["key"], o["f"], o["value"], o["invoke"],
+              None if o["outcome"] == UNKNOWN else o["complete"], o.get("expected"),
+              o.get("applied", True), o["process"])
+           for o in history.ops if o["outcome"] != FAILED]
+    verdict = check(ops, budget=budget)
+    return [] if verdict.ok else [f"not linearizable: {verdict.reason}"]
+
+
+def bank_setup(client: Cluster) -> None:
+    statements = ["CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER NOT NULL)"]
+    statements += [["INSERT INTO acct VALUES(?, ?)", i, OPENING] for i in range(ACCOUNTS)]
+    assert _write(client, statements, transaction=True)[0] == OK
+
+
+def bank_op(client: Cluster, rng: random.Random, history: History, process: int) -> None:
+    start = time.monotonic()
+    if rng.random() < 0.5:
+        rows = _read(client, "SELECT sum(bal), count(*) FROM acct")
+        if rows is not None:
+            history.add(f="total", value=rows[0], invoke=start, complete=time.monotonic(),
+                        outcome=OK, process=process)
+        return
+    a, b = rng.sample(range(ACCOUNTS), 2)
+    amount = rng.randrange(1, 20)
+    outcome, _ = _write(client, [["UPDATE acct SET bal = bal - ? WHERE id = ?", amount, a],
+                                 ["UPDATE acct SET bal = bal + ? WHERE id = ?", amount, b]],
+                        transaction=True)
+    history.add(f="transfer", value=[a, b, amount], invoke=start, complete=time.monotonic(),
+                outcome=outcome, process=process)
+
+
+def bank_final(client: Cluster, history: History, budget: float) -> list[str]:
+    want = [ACCOUNTS * OPENING, ACCOUNTS]
+    totals = [o["value"] for o in history.ops if o["f"] == "total"]
+    final = _read(client, "SELECT sum(bal), count(*) FROM acct")
+    problems = [f"a read saw the total {t}, not {want}" for t in totals if t != want][:5]
+    if final is None or final[0] != want:
+        problems.append(f"the final total is {final}, not {want}")
+    if not totals:
+        problems.append("no read of the total succeeded")
+    return problems
+
+
+def set_setup(client: Cluster) -> None:
+    assert _write(client, ["CREATE TABLE s (v INTEGER NOT NULL)"])[0] == OK
+
+
+_counter = iter(range(1, 1 << 62))
+_counter_lock = threading.Lock()
+
+
+def set_op(client: Cluster, rng: random.Random, history: History, process: int) -> None:
+    with _counter_lock:
+        value = next(_counter)
+    start = time.monotonic()
+    outcome, _ = _write(client, [["INSERT INTO s(v) VALUES(?)", value]])
+    history.add(f="add", value=value, invoke=start, complete=time.monotonic(), outcome=outcome,
+                process=process)
+
+
+def set_final(client: Cluster, history: History, budget: float) -> list[str]:
+    rows = _read(client, "SELECT v, count(*) FROM s GROUP BY v")
+    if rows is None:
+        return ["the final read failed"]
+    present = dict((v, n) for v, n in rows)
+    acked = [o["value"] for o in history.ops if o["outcome"] == OK]
+    failed = {o["value"] for o in history.ops if o["outcome"] == FAILED}
+    problems = [f"acknowledged {v} is missing" for v in acked if v not in present][:5]
+    problems += [f"{v} is present {n} times" for v, n in present.items() if n != 1][:5]
+    problems += [f"{v} failed but is present" for v in failed if v in present][:5]
+    return problems
+
+
+WORKLOADS: dict[str, tuple[Callable[..., Any], ...]] = {
+    "register": (register_setup, register_op, register_final),
+    "bank": (bank_setup, bank_op, bank_final),
+    "set": (set_setup, set_op, set_final),
+}
+
+
+# ---- nemeses: one round of trouble, then repair
+
+
+def _pick_leader(cluster: LocalCluster) -> str | None:
+    try:
+        return cluster.leader(timeout=5)
+    except TimeoutError:
+        return None
+
+
+def nemesis_kill(cluster: LocalCluster, rng: random.Random, log: list[str]) -> None:
+    victim = rng.choice(cluster.ids)
+    cluster.kill(victim)
+    log.append(f"kill {victim}")
+    time.sleep(rng.uniform(0.5, 2.0))
+    cluster.start_node(victim)
+
+
+def nemesis_kill_all(cluster: LocalCluster, rng: random.Random, log: list[str]) -> None:
+    for node_id in cluster.ids:
+        cluster.kill(node_id)
+    log.append("kill all")
+    time.sleep(rng.uniform(0.2, 1.0))
+    for node_id in cluster.ids:
+        cluster.start_node(node_id)
+
+
+def nemesis_stop_leader(cluster: LocalCluster, rng: random.Random, log: list[str]) -> None:
+    leader = _pick_leader(cluster)
+    if leader is None:
+        return
+    cluster.signal(leader, signal.SIGSTOP)
+    log.append(f"stop {leader}")
+    time.sleep(rng.uniform(1.5, 3.0) * ELECTION_MS / 1000)
+    cluster.signal(leader, signal.SIGCONT)
+
+
+NEMESES: dict[str, Callable[[LocalCluster, random.Random, list[str]], None] | None] = {
+    "none": None, "kill": nemesis_kill, "kill-all": nemesis_kill_all,
+    "stop-leader": nemesis_stop_leader,
+}
+
+
+# ---- a run
+
+
+def canonical(path: str) -> tuple[str, str]:
+    """(the database's dump, its integrity check); raftsql's bookkeeping never shows."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        dump = "\n".join(line for line in conn.iterdump())
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+    return dump, integrity
+
+
+def run(workload: str, nemesis: str, seconds: float, clients: int = 5, seed: int = 0,
+        budget: float = 30.0) -> dict[str, Any]:
+    setup, op, final = WORKLOADS[workload]
+    act = NEMESES[nemesis]
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as d:
+        cluster = LocalCluster(3, d, extra_args=["--heartbeat-ms", "50",
+                                                 "--election-ms", str(ELECTION_MS)])
+        cluster.start()
+        urls = [cluster.url(i) for i in cluster.ids]
+        history, log, problems = History(), [], []
+        try:
+            cluster.leader(timeout=30)
+            setup(Cluster(urls, timeout=10))
+            stop = time.monotonic() + seconds
+
+            def worker(process: int) -> None:
+                client, own = Cluster(urls, timeout=5), random.Random(seed * 1000 + process)
+                while time.monotonic() < stop:
+                    op(client, own, history, process)
+
+            threads = [threading.Thread(target=worker, args=(p,)) for p in range(clients)]
+            for t in threads:
+                t.start()
+            while act is not None and time.monotonic() < stop - 1:
+                time.sleep(rng.uniform(1.0, 3.0))
+                if time.monotonic() < stop - 1:
+                    act(cluster, rng, log)
+            for t in threads:
+                t.join()
+            # Heal: every node up and running, then converge.
+            for node_id in cluster.ids:
+                if node_id not in cluster.running():
+                    cluster.start_node(node_id)
+                else:
+                    cluster.signal(node_id, signal.SIGCONT)
+            leader = cluster.leader(timeout=30)
+            commit = cluster.status(leader)["store"]["raft"]["commit_index"]
+            cluster.wait_applied(commit, timeout=60)
+            problems += final(Cluster(urls, timeout=10), history, budget)
+        except Exception as e:  # the run itself failed: that is a finding too
+            problems.append(f"run failed: {type(e).__name__}: {e}")
+        finally:
+            codes = cluster.stop()
+        dumps = [canonical(os.path.join(d, i, "db.sqlite")) for i in cluster.ids]
+    if any(code not in (0, -15) for code in codes):
+        problems.append(f"exit codes at stop: {codes}")
+    if len({dump for dump, _ in dumps}) != 1:
+        problems.append("the nodes' canonical dumps differ")
+    problems += [f"integrity_check: {i}" for _, i in dumps if i != "ok"]
+    return {"workload": workload, "nemesis": nemesis, "seconds": seconds, "seed": seed,
+            "ops": history.counts(), "faults": len(log), "ok": not problems,
+            "problems": problems}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="register")
+    parser.add_argument("--nemesis", choices=sorted(NEMESES), default="kill")
+    parser.add_argument("--all", action="store_true", help="every workload under every nemesis")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="one JSON line per run")
+    args = parser.parse_args()
+    pairs = ([(w, n) for w in sorted(WORKLOADS) for n in NEMESES] if args.all
+             else [(args.workload, args.nemesis)])
+    failed = 0
+    for workload, nemesis in pairs:
+        result = run(workload, nemesis, args.seconds, args.clients, args.seed)
+        failed += not result["ok"]
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            verdict = "ok" if result["ok"] else "FAILED: " + "; ".join(result["problems"])
+            print(f"{workload:8} {nemesis:11} {args.seconds:g}s ops {result['ops']} "
+                  f"faults {result['faults']}: {verdict}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
