@@ -95,26 +95,21 @@ def _check_key(key: Hashable, ops: list[Op], initial: Any, deadline: float) -> V
     for i, op in enumerate(ops):
         if op.complete is not None:
             required |= 1 << i
+    unknown = [i for i, op in enumerate(ops) if op.complete is None]
     seen: set[tuple[int, Any]] = set()
     stack: list[tuple[int, Any]] = [(0, initial)]
     steps = 0
     while stack:
         done, state = stack.pop()
-        if done & required == required:
+        left = required & ~done
+        if not left:
             return Verdict(True, key=key, ops=n)
         steps += 1
-        if steps % 4096 == 0 and time.monotonic() > deadline:
+        if steps % 1024 == 0 and time.monotonic() > deadline:
             return Verdict(False, f"key {key!r}: out of time after {steps} steps ({n} ops): "
                            "not known to be linearizable", key, n)
-        # Pending operations invoked before the earliest completion among the pending.
-        horizon = min((done_at[i] for i in range(n) if not done >> i & 1), default=inf)
-        for i in range(n):
-            if done >> i & 1:
-                continue
-            op = ops[i]
-            if op.invoke > horizon:
-                break  # (sorted by invoke: none after it may go first either)
-            allowed, after = _step(op, state)
+        for i in _candidates(ops, done_at, unknown, done, left):
+            allowed, after = _step(ops[i], state)
             if not allowed:
                 continue
             nxt = (done | 1 << i, _hashable(after))
@@ -123,6 +118,25 @@ def _check_key(key: Hashable, ops: list[Op], initial: Any, deadline: float) -> V
                 stack.append(nxt)
     return Verdict(False, f"key {key!r}: no order of its {n} operations that one register "
                    "explains", key, n)
+
+
+def _candidates(ops: list[Op], done_at: list[float], unknown: list[int], done: int,
+                left: int) -> list[int]:
+    """The operations that may go next: not done, and invoked before the earliest completion
+    among those not done. Found from the first required one not done (every operation
+    before it is done, or unknown), in invoke order, until one is invoked after that
+    completion: a few, however long the history."""
+    lo = (left & -left).bit_length() - 1
+    out = [i for i in unknown if i < lo and not done >> i & 1]
+    horizon = float("inf")
+    for i in range(lo, len(ops)):
+        if done >> i & 1:
+            continue
+        if ops[i].invoke > horizon:
+            break
+        out.append(i)
+        horizon = min(horizon, done_at[i])
+    return out
 
 
 def _hashable(value: Any) -> Any:

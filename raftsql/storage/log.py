@@ -57,6 +57,7 @@ from typing import Protocol
 
 from raftsql.errors import StorageError
 from raftsql.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from raftsql.storage.fsync import fsync_dir
 from raftsql.storage.payloads import is_ref
 from raftsql.storage.snapfile import (
     decode_names,
@@ -157,15 +158,6 @@ class _OSFile:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-
-
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Storage:

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 
 from raftsql.errors import StorageError
 from raftsql.raft.messages import Entry, Message
+from raftsql.storage.fsync import fsync_dir
 
 MARK = b"\0P"
 _REF = struct.Struct(">2s16sQI")  # MARK, key, size, CRC-32
@@ -74,7 +75,7 @@ class Payloads:
         many."""
         if not os.path.isdir(self._dir):
             os.makedirs(self._dir)
-            _fsync_dir(os.path.dirname(self._dir))
+            fsync_dir(os.path.dirname(self._dir))
         return self.sweep(entries, min_age=0.0)
 
     def sweep(self, entries: Iterable[Entry], min_age: float = SWEEP_AGE) -> int:
@@ -185,7 +186,7 @@ class Payloads:
         os.replace(tmp, path)
 
     def _sync_dir(self) -> None:
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._dir, key)
@@ -196,9 +197,3 @@ def _key(ref: bytes) -> str:
     return ref[2:18].hex()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

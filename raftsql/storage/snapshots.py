@@ -17,7 +17,7 @@ import os
 import re
 import zlib
 
-from raftsql.storage.log import fsync_dir
+from raftsql.storage.fsync import fsync_dir
 
 CHUNK = 1 << 20  # how much of a state is in memory at once
 _NAME = re.compile(r"^(\d+)-(\d+)\.(db|part|new)$")

@@ -11,9 +11,11 @@ from raftsql.cli.launcher import LocalCluster, http
 
 
 @contextlib.contextmanager
-def running_cluster(base_dir: str) -> Iterator[LocalCluster]:
-    """Three nodes with fast Raft timings, once they agree on a leader; stopped after."""
-    cluster = LocalCluster(3, base_dir, extra_args=["--heartbeat-ms", "50", "--election-ms", "500"])
+def running_cluster(base_dir: str, *args: str) -> Iterator[LocalCluster]:
+    """Three nodes with fast Raft timings (and `args`), once they agree on a leader; stopped
+    after."""
+    cluster = LocalCluster(3, base_dir, extra_args=["--heartbeat-ms", "50", "--election-ms", "500",
+                                                    *args])
     cluster.start()
     try:
         cluster.leader(timeout=30)

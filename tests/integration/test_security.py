@@ -13,7 +13,7 @@ import consul
 import pytest
 from pyrqlite import dbapi2
 
-from raftsql.cli.launcher import LocalCluster
+from tests.integration.conftest import running_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +35,9 @@ def secured(tmp_path):
              {"username": "viewer", "password": "look", "perms": ["query"]}]
     (tmp_path / "users.json").write_text(json.dumps(users))
     (tmp_path / "secret").write_text("peer-secret\n")
-    cluster = LocalCluster(3, str(tmp_path / "c"), extra_args=[
-        "--heartbeat-ms", "50", "--election-ms", "500", "--auth", str(tmp_path / "users.json"),
-        "--cluster-secret-file", str(tmp_path / "secret")])
-    cluster.start()
-    try:
-        cluster.leader(timeout=30)
+    with running_cluster(str(tmp_path / "c"), "--auth", str(tmp_path / "users.json"),
+                         "--cluster-secret-file", str(tmp_path / "secret")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_clients_with_credentials_work_and_without_are_refused(secured, tmp_path):
