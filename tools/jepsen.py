@@ -13,6 +13,10 @@ idempotency keys on writes, so a write resent after a failover is applied at mos
             (linearizable) sums to the same amount
   set       inserts of unique values; at the end, every acknowledged insert is present
             exactly once, and none is present twice
+  kv        the config store (Consul's KV API through raftsql.ConfigStore): reads, writes and
+            compare-and-sets by ModifyIndex on 5 keys, checked for linearizability like the
+            register; and a watch on one key that must see every change, in log order,
+            exactly once (each change's previous value the one before it)
 Each operation is ok, failed (certainly not applied: a 4xx, an SQL error, a node that said it
 did nothing) or unknown (a timeout, "may have been applied").
 
@@ -32,6 +36,7 @@ Exit status 0 when everything held; one JSON line per run with --json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -48,6 +53,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from raftsql.cli.launcher import LocalCluster  # noqa: E402
+from raftsql.client.config import ConfigStore  # noqa: E402
 from raftsql.client.http import ClientError, Cluster, Unavailable  # noqa: E402
 from raftsql.simulation.linearizability import CAS, READ, WRITE, Op, check  # noqa: E402
 
@@ -61,6 +67,7 @@ OK, FAILED, UNKNOWN = "ok", "failed", "unknown"
 class History:
     ops: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    last_read: dict[int, dict[str, tuple[Any, int]]] = field(default_factory=dict)  # kv CAS
 
     def add(self, **op: Any) -> None:
         with self.lock:
@@ -214,10 +221,108 @@ def set_final(client: Cluster, history: History, budget: float) -> list[str]:
     return problems
 
 
-WORKLOADS: dict[str, tuple[Callable[..., Any], ...]] = {
-    "register": (register_setup, register_op, register_final),
-    "bank": (bank_setup, bank_op, bank_final),
-    "set": (set_setup, set_op, set_final),
+# ---- the config store: a register per key through Consul's KV API (compare-and-set by
+# ModifyIndex), and a watch that must see every change of one key, in order, exactly once.
+
+_watched: dict[str, Any] = {}
+
+
+def kv_setup(store: ConfigStore) -> None:
+    watch = store.watch("reg/0", start_index=store.index())
+    changes: list[Any] = []
+
+    def follow() -> None:
+        with contextlib.suppress(Exception):  # (closed at the end)
+            for change in watch:
+                changes.append(change)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    _watched.update(watch=watch, changes=changes, thread=thread)
+
+
+_values = iter(range(1, 1 << 62))  # every value written is unique: CAS by index = by value
+
+
+def kv_op(store: ConfigStore, rng: random.Random, history: History, process: int) -> None:
+    key, roll, start = f"reg/{rng.randrange(KEYS)}", rng.random(), time.monotonic()
+    seen = history.last_read.setdefault(process, {})
+    try:
+        if roll < 0.35:
+            entry = store.entry(key)
+            value = int(entry.value) if entry else None
+            seen[key] = (value, entry.modify_index if entry else 0)
+            history.add(f=READ, key=key, value=value, invoke=start, complete=time.monotonic(),
+                        outcome=OK, process=process)
+            return
+        with _counter_lock:
+            value = next(_values)
+        if roll < 0.7:
+            store.put(key, str(value))
+            history.add(f=WRITE, key=key, value=value, invoke=start,
+                        complete=time.monotonic(), outcome=OK, process=process)
+            return
+        expected, index = seen.get(key, (None, 0))
+        applied = store.compare_and_set(key, index, str(value))
+        history.add(f=CAS, key=key, value=value, expected=expected, applied=applied,
+                    invoke=start, complete=time.monotonic(), outcome=OK, process=process)
+    except Unavailable as e:
+        if roll >= 0.35:
+            outcome = UNKNOWN if e.maybe_applied else FAILED
+            history.add(f=WRITE if roll < 0.7 else CAS, key=key, value=value,
+                        expected=seen.get(key, (None, 0))[0], applied=None, invoke=start,
+                        complete=time.monotonic(), outcome=outcome, process=process)
+    except (ClientError, OSError, ValueError):
+        if roll >= 0.35:
+            history.add(f=WRITE if roll < 0.7 else CAS, key=key, value=value,
+                        expected=seen.get(key, (None, 0))[0], applied=None, invoke=start,
+                        complete=time.monotonic(), outcome=UNKNOWN, process=process)
+
+
+def kv_final(store: ConfigStore, history: History, budget: float) -> list[str]:
+    problems = register_final(store, history, budget)
+    watch, changes = _watched["watch"], _watched["changes"]
+    final = store.entry("reg/0")
+    deadline = time.monotonic() + 30
+    while final and (not changes or changes[-1].modify_index < final.modify_index):
+        if time.monotonic() > deadline:
+            problems.append("the watch never reached the key's last change")
+            break
+        time.sleep(0.1)
+    watch.close()
+    indexes = [c.index for c in changes]
+    if indexes != sorted(set(indexes)):
+        problems.append("the watch saw changes out of order, or twice")
+    for before, after in zip(changes, changes[1:], strict=False):
+        if after.prev is None or after.prev.value != before.value:
+            problems.append(f"the watch missed a change before index {after.index}")
+            break
+    written = {o["value"] for o in history.ops if o["key"] == "reg/0" and o["f"] != READ
+               and o["outcome"] != FAILED}
+    stray = [c.value for c in changes if c.value is None or int(c.value) not in written]
+    if stray:
+        problems.append(f"the watch saw values never written: {stray[:3]}")
+    applied = {o["value"] for o in history.ops if o["key"] == "reg/0" and o["outcome"] == OK
+               and (o["f"] == WRITE or o["f"] == CAS and o["applied"])}
+    missing = applied - {int(c.value) for c in changes if c.value is not None}
+    if missing:
+        problems.append(f"the watch missed acknowledged writes: {sorted(missing)[:3]}")
+    return problems
+
+
+@dataclass(frozen=True)
+class Workload:
+    setup: Callable[..., Any]
+    op: Callable[..., Any]
+    final: Callable[..., list[str]]
+    client: Callable[..., Any] = Cluster  # (urls, timeout=...)
+
+
+WORKLOADS: dict[str, Workload] = {
+    "register": Workload(register_setup, register_op, register_final),
+    "bank": Workload(bank_setup, bank_op, bank_final),
+    "set": Workload(set_setup, set_op, set_final),
+    "kv": Workload(kv_setup, kv_op, kv_final, ConfigStore),
 }
 
 
@@ -280,7 +385,8 @@ def canonical(path: str) -> tuple[str, str]:
 
 def run(workload: str, nemesis: str, seconds: float, clients: int = 5, seed: int = 0,
         budget: float = 30.0) -> dict[str, Any]:
-    setup, op, final = WORKLOADS[workload]
+    kind = WORKLOADS[workload]
+    setup, op, final, make = kind.setup, kind.op, kind.final, kind.client
     act = NEMESES[nemesis]
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as d:
@@ -291,11 +397,11 @@ def run(workload: str, nemesis: str, seconds: float, clients: int = 5, seed: int
         history, log, problems = History(), [], []
         try:
             cluster.leader(timeout=30)
-            setup(Cluster(urls, timeout=10))
+            setup(make(urls, timeout=10))
             stop = time.monotonic() + seconds
 
             def worker(process: int) -> None:
-                client, own = Cluster(urls, timeout=5), random.Random(seed * 1000 + process)
+                client, own = make(urls, timeout=5), random.Random(seed * 1000 + process)
                 while time.monotonic() < stop:
                     op(client, own, history, process)
 
@@ -317,7 +423,7 @@ def run(workload: str, nemesis: str, seconds: float, clients: int = 5, seed: int
             leader = cluster.leader(timeout=30)
             commit = cluster.status(leader)["store"]["raft"]["commit_index"]
             cluster.wait_applied(commit, timeout=60)
-            problems += final(Cluster(urls, timeout=10), history, budget)
+            problems += final(make(urls, timeout=10), history, budget)
         except Exception as e:  # the run itself failed: that is a finding too
             problems.append(f"run failed: {type(e).__name__}: {e}")
         finally:

@@ -1,5 +1,5 @@
 """The short version of tools/jepsen.py, as CI runs it: every workload under every nemesis
-for a few seconds on real processes (docs/reliability.md has the long runs)."""
+for 4 seconds on real processes (docs/reliability.md has the long runs)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "jepsen.py")
 
 
 @pytest.mark.parametrize("nemesis", ["none", "kill", "kill-all", "stop-leader"])
-@pytest.mark.parametrize("workload", ["register", "bank", "set"])
+@pytest.mark.parametrize("workload", ["register", "bank", "set", "kv"])
 def test_workload_under_nemesis(workload, nemesis):
     done = subprocess.run([sys.executable, TOOL, "--workload", workload, "--nemesis", nemesis,
                            "--seconds", "4", "--json"], capture_output=True, text=True,
