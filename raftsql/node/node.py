@@ -38,7 +38,6 @@ from raftsql.errors import (
     NodeStoppedError,
     NotLeaderError,
     RaftSQLError,
-    StorageError,
 )
 from raftsql.node.addresses import AddressBook, Member, addr_context
 from raftsql.node.applier import Applier, StateMachine, Work
@@ -46,7 +45,7 @@ from raftsql.node.clock import Clock, RealClock
 from raftsql.node.config import NodeConfig, PeerTransport
 from raftsql.node.membership import Membership
 from raftsql.node.metrics import NodeMetrics
-from raftsql.node.payloads import Landing, Proposing
+from raftsql.node.payloads import MSG_BYTES, Landing, Proposing, outgoing
 from raftsql.node.persist import PersistThread
 from raftsql.node.proposals import Proposals
 from raftsql.node.reads import Reads
@@ -68,7 +67,6 @@ from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.storage import Storage, attach_snapshot, trailing_base, write_persist
 from raftsql.storage.lock import lock_data_dir
 from raftsql.storage.log import SNAPSHOT_NAME
-from raftsql.storage.payloads import MARK as PAYLOAD_MARK
 from raftsql.storage.payloads import Payloads
 from raftsql.storage.payloads import size as entry_size
 from raftsql.storage.snapshots import SnapshotFiles
@@ -79,7 +77,6 @@ _LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPS
 # Trailing entries kept before a snapshot hold at most this much data: they are in memory, and
 # a follower further behind than that (big writes, a load) is better served by the snapshot.
 TRAILING_BYTES = 8 << 20
-MSG_BYTES = 4 << 20  # of entries per APPEND: what a follower behind is sent at once
 
 
 class Node:
@@ -325,8 +322,6 @@ class Node:
 
     async def propose(self, data: bytes, timeout: float = 30.0) -> tuple[Any, int]:
         """Replicate `data`; return the state machine's result and the entry's index."""
-        if data[:2] == PAYLOAD_MARK:  # (the driver's own: storage/payloads.py)
-            raise ValueError("a command may not start with the bytes 00 50")
         if self.is_leader:
             self.metrics.proposals.inc()
             if self._proposing.waits(data):  # big data is kept beside the log, not in it
@@ -435,13 +430,7 @@ class Node:
         """A message leaving: a SNAPSHOT gets the stored snapshot, fetched from this node;
         an APPEND the data its entries keep beside the log."""
         if m.type is not MessageType.SNAPSHOT:
-            try:
-                return self._payloads.attach(m)
-            except StorageError as e:
-                if m.entries[0].index > storage.log_base.index:  # (else compacted since)
-                    log.warning("node=%s cannot send entries from %d to %s: %s",
-                                self.node_id, m.entries[0].index, m.to, e)
-                return None  # Raft sends what is needed again (or the snapshot)
+            return outgoing(self._payloads, m, storage.log_base.index, self.node_id)
         attached = attach_snapshot(storage, m)
         return None if attached is None else sent_from(attached, self.book.raft_addr)
 
@@ -576,8 +565,7 @@ class Node:
 
     def _compact(self, storage: Storage, snapshot: Snapshot, base: SnapshotMeta) -> None:
         storage.save_snapshot(snapshot, base)
-        self._payloads.forget(storage.take_dropped())
-        self._payloads.sweep(storage.entries())  # what no entry came to refer to
+        self._payloads.forget(storage.take_dropped(), log=storage.entries())
 
     # ---- helpers ------------------------------------------------------------------
 

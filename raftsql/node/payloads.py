@@ -19,9 +19,11 @@ from collections.abc import Callable
 
 from raftsql.errors import StorageError
 from raftsql.raft.messages import Message
-from raftsql.storage.payloads import DETACH_BYTES, Payloads, is_wire
+from raftsql.storage.payloads import DETACH_BYTES, MARK, Payloads, is_wire
 
 log = logging.getLogger("raftsql.node")
+
+MSG_BYTES = 4 << 20  # of entries per APPEND: what a follower behind is sent at once
 
 
 def carries_data(m: Message) -> bool:
@@ -36,7 +38,10 @@ class Proposing:
         self._tail: asyncio.Future[None] | None = None  # the last one still on its way
 
     def waits(self, data: bytes) -> bool:
-        """Whether `data` must go through `prepare` (else it is proposed as it is)."""
+        """Whether `data` must go through `prepare` (else it is proposed as it is);
+        ValueError for data that would read as a reference."""
+        if data[:2] == MARK:
+            raise ValueError("a command may not start with the bytes 00 50")
         return len(data) > DETACH_BYTES or self._tail is not None
 
     async def prepare(self, data: bytes) -> bytes:
@@ -58,6 +63,20 @@ class Proposing:
                 before.add_done_callback(lambda _: done.set_result(None))
             if self._tail is done and done.done():
                 self._tail = None
+
+
+def outgoing(payloads: Payloads, m: Message, compacted_through: int, node_id: str
+             ) -> Message | None:
+    """An APPEND as it leaves, with its entries' data; None (dropped: Raft sends what is
+    needed again, or the snapshot) when a file is gone, as it is for entries compacted
+    since the core made the message."""
+    try:
+        return payloads.attach(m)
+    except StorageError as e:
+        if m.entries[0].index > compacted_through:
+            log.warning("node=%s cannot send entries from %d to %s: %s", node_id,
+                        m.entries[0].index, m.to, e)
+        return None
 
 
 class Landing:

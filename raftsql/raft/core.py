@@ -547,8 +547,8 @@ class Raft:
         prev = pr.next_index - 1
         prev_term = self._log.term(prev)
         entries = self._log.slice(pr.next_index, pr.next_index + self._config.max_entries_per_msg)
-        if entries and self._config.max_bytes_per_msg:
-            entries = self._limit_bytes(entries)
+        if entries:
+            entries = self._config.batch(entries)
         if prev_term is None or entries is None:
             # §7: what it needs was compacted away. The driver attaches the snapshot's data.
             self._send(MT.SNAPSHOT, node, snapshot=Snapshot(self._log.snapshot))
@@ -560,15 +560,6 @@ class Raft:
                    entries=tuple(entries), commit=self._log.commit)
         pr.sent(prev + len(entries), len(entries))
         return pr.state is ProgressState.REPLICATE and bool(entries)
-
-    def _limit_bytes(self, entries: list[Entry]) -> list[Entry]:
-        """The first of `entries` that fit in max_bytes_per_msg (at least one)."""
-        budget, size = self._config.max_bytes_per_msg, self._config.entry_size
-        for n, e in enumerate(entries):
-            budget -= size(e)
-            if budget < 0:
-                return entries[: max(n, 1)]
-        return entries
 
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         # Without a new round, repeat the newest one's context: its heartbeats may be lost.

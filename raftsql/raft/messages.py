@@ -169,6 +169,17 @@ class Config:
     pre_vote: bool = True
     check_quorum: bool = True
 
+    def batch(self, entries: list[Entry]) -> list[Entry]:
+        """The first of `entries` that fit in max_bytes_per_msg (at least one)."""
+        budget = self.max_bytes_per_msg
+        if not budget:
+            return entries
+        for n, e in enumerate(entries):
+            budget -= self.entry_size(e)
+            if budget < 0:
+                return entries[: max(n, 1)]
+        return entries
+
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")

@@ -142,13 +142,16 @@ class Payloads:
             self._sync_dir()
         return out
 
-    def forget(self, dropped: list[tuple[int, bytes]]) -> None:
+    def forget(self, dropped: list[tuple[int, bytes]], log: list[Entry] | None = None) -> None:
         """These entries (index, reference) left the log durably (Storage.take_dropped):
-        their files go once the state machine applied past them."""
+        their files go once the state machine applied past them. With the `log` after a
+        compaction, the files none of its entries came to refer to go too (`sweep`)."""
         if dropped:
             with self._lock:
                 self._dropped.extend(dropped)
             self.applied(0)
+        if log is not None:
+            self.sweep(log)
 
     def applied(self, index: int) -> None:
         """The state machine applied everything up to `index`."""
