@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,12 +20,14 @@ from raftsql.http.auth import Auth, AuthFileError, hash_password
 from raftsql.kv.machine import HISTORY, KvMachine
 from raftsql.kv.service import KvLimits, KvService
 from raftsql.node import Node, NodeConfig
+from raftsql.node.clock import Clock
 from raftsql.node.recovery import Recovered, force_membership
 from raftsql.sql.autobackup import AutoBackup
 from raftsql.sql.database import Database
 from raftsql.sql.service import KEY_CAPACITY, KEY_WINDOW, SqlService
 from raftsql.sql.sidecar import SIDECAR_SUFFIX
 from raftsql.storage.lock import lock_data_dir
+from raftsql.storage.log import FileSystem
 from raftsql.transport.rpc import serve_app
 from raftsql.transport.tls import ApiTls, PeerTls, Reloader
 from raftsql.transport.websocket import Transport
@@ -77,7 +80,10 @@ def recover(data_dir: str, node_id: str, voters: dict[str, str]) -> Recovered:
 
 
 class Server:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, clock: Clock | None = None,
+                 rng: random.Random | None = None, log_fs: FileSystem | None = None) -> None:
+        """`clock`, `rng` (election timeouts) and `log_fs` (the Raft log's file system):
+        the machine's own unless given (the whole-node simulator gives its own)."""
         self.config = config
         nc = config.node
         if config.peer_tls is not None and not (nc.raft_addr and nc.raft_addr != nc.http_addr):
@@ -96,7 +102,8 @@ class Server:
             ssl_context=self._peer_ssl[0] if self._peer_ssl else None,
             server_ssl=self._peer_ssl[1] if self._peer_ssl else None,
             server_name=peer.server_name if peer else None)
-        self.node = Node(nc, self.database, transport=self.transport)
+        self.node = Node(nc, self.database, transport=self.transport, clock=clock, rng=rng,
+                         log_fs=log_fs)
         self.sql = SqlService(self.node, self.database, fk=config.fk,
                               key_window=config.key_window, key_capacity=config.key_capacity)
         self.kv = KvService(self.node, self.sql, self.machine, self.database.path + SIDECAR_SUFFIX,

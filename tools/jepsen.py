@@ -41,7 +41,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -55,6 +54,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from raftsql.cli.launcher import LocalCluster  # noqa: E402
 from raftsql.client.config import ConfigStore  # noqa: E402
 from raftsql.client.http import ClientError, Cluster, Unavailable  # noqa: E402
+from raftsql.simulation.dump import canonical  # noqa: E402
 from raftsql.simulation.linearizability import CAS, READ, WRITE, Op, check  # noqa: E402
 
 ELECTION_MS = 500
@@ -370,17 +370,6 @@ NEMESES: dict[str, Callable[[LocalCluster, random.Random, list[str]], None] | No
 
 
 # ---- a run
-
-
-def canonical(path: str) -> tuple[str, str]:
-    """(the database's dump, its integrity check); raftsql's bookkeeping never shows."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        dump = "\n".join(line for line in conn.iterdump())
-        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
-    return dump, integrity
 
 
 def run(workload: str, nemesis: str, seconds: float, clients: int = 5, seed: int = 0,

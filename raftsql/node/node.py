@@ -66,7 +66,7 @@ from raftsql.raft.messages import (
 from raftsql.raft.order import Apply, Persist, ReadyOrder, Send, Serve, Synced
 from raftsql.storage import Storage, attach_snapshot, trailing_base, write_persist
 from raftsql.storage.lock import lock_data_dir
-from raftsql.storage.log import SNAPSHOT_NAME
+from raftsql.storage.log import SNAPSHOT_NAME, FileSystem
 from raftsql.storage.payloads import Payloads
 from raftsql.storage.payloads import size as entry_size
 from raftsql.storage.snapshots import SnapshotFiles
@@ -87,7 +87,8 @@ class Node:
     """
 
     def __init__(self, config: NodeConfig, state_machine: StateMachine,
-                 transport: PeerTransport | None = None, clock: Clock | None = None) -> None:
+                 transport: PeerTransport | None = None, clock: Clock | None = None,
+                 rng: random.Random | None = None, log_fs: FileSystem | None = None) -> None:
         self.config = config
         self.node_id = config.node_id
         self.api_url = config.api_url
@@ -100,6 +101,8 @@ class Node:
                                   api_url=self.api_url)
         self._transport = transport
         self._clock = clock or RealClock()
+        self._rng = rng or random.Random()  # election timeouts (seeded by the simulator)
+        self._log_fs = log_fs  # where the Raft log lives (None: real files)
         self._raft: Raft | None = None
         self._storage: Storage | None = None
         self._order: ReadyOrder | None = None  # what of a Ready to do when (raft/order.py)
@@ -233,7 +236,7 @@ class Node:
     async def start(self) -> None:
         self._unlock = lock_data_dir(self.config.data_dir)
         raft_dir = os.path.join(self.config.data_dir, "raft")
-        storage = self._storage = await self._persist.run(Storage, raft_dir)
+        storage = self._storage = await self._persist.run(Storage, raft_dir, self._log_fs)
         await self._persist.run(self._payloads.open, storage.entries())
         hs = storage.hard_state
         self._order = ReadyOrder(hs)
@@ -584,7 +587,7 @@ class Node:
             context = {i: addr_context(addr, "") for i, addr in members.items()}
         return Raft(
             self.node_id, Config(election_ticks=ticks, max_bytes_per_msg=MSG_BYTES,
-                                 entry_size=entry_size), random.Random(),
+                                 entry_size=entry_size), self._rng,
             hard_state=storage.hard_state, snapshot=storage.log_base,
             entries=entries, applied=self.applied_index, initial=initial,
             initial_context=context,

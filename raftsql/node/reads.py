@@ -137,7 +137,9 @@ class Reads:
         self._start_scheduled = False
         if self._backlog and self._jobs < _QUERY_THREADS and not self._closed:
             self._jobs += 1
-            self._pool.submit(self._run_queries, asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            # Through the loop, not the pool itself: the simulator's loop runs it in turn.
+            loop.run_in_executor(self._pool, self._run_queries, loop)
 
     def _run_queries(self, loop: asyncio.AbstractEventLoop) -> None:
         """On a read thread: run queued queries until none is left."""
