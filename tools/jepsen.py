@@ -25,7 +25,15 @@ Nemeses (every few seconds, on a 3-node cluster with fast timeouts):
   kill        SIGKILL of one node (a minority), restarted with the same command line
   kill-all    SIGKILL of every node at once, all restarted
   stop-leader SIGSTOP of the leader for 1.5 election timeouts or more, then SIGCONT
-Partitions, latency and loss need network namespaces (veth pairs, tc netem): not yet.
+With each node in a network namespace of its own (tools/netns.py; root, iproute2, iptables):
+  partition-halves   the nodes split in two random sides that cannot hear each other
+  partition-leader   the leader cut off from every other node
+  partition-one-way  one node (often the leader) stops hearing one other, which still
+                     hears it
+  latency            200 ms each way and 20% loss (tc netem); where the kernel has no
+                     netem, 20% loss alone (iptables), and the log says so
+Each holds for 1.5-4 election timeouts (latency 2-4 s), then heals. Clients reach every
+node through the bridge; only traffic between nodes is cut.
 
 After the run: every node restarted or resumed, the cluster converges (every node applies
 the leader's commit index), the workload's final check runs, then the nodes stop and their
@@ -50,6 +58,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from netns import (  # noqa: E402 (tools/netns.py)
+    NetnsCluster,
+    Network,
+    namespaces_unavailable,
+    netem_unavailable,
+)
 
 from raftsql.cli.launcher import LocalCluster  # noqa: E402
 from raftsql.client.config import ConfigStore  # noqa: E402
@@ -363,24 +378,83 @@ def nemesis_stop_leader(cluster: LocalCluster, rng: random.Random, log: list[str
     cluster.signal(leader, signal.SIGCONT)
 
 
-NEMESES: dict[str, Callable[[LocalCluster, random.Random, list[str]], None] | None] = {
+# ---- nemeses in network namespaces (tools/netns.py): cluster is a NetnsCluster
+
+
+def _hold(rng: random.Random) -> None:
+    time.sleep(rng.uniform(1.5, 4.0) * ELECTION_MS / 1000)
+
+
+def nemesis_partition_halves(cluster: Any, rng: random.Random, log: list[str]) -> None:
+    ips = [cluster.ip(i) for i in cluster.ids]
+    rng.shuffle(ips)
+    cut = rng.randint(1, len(ips) // 2)
+    sides = [ips[:cut], ips[cut:]]
+    cluster.net.partition(sides)
+    log.append(f"partition {sides}")
+    _hold(rng)
+    cluster.net.heal()
+
+
+def nemesis_partition_leader(cluster: Any, rng: random.Random, log: list[str]) -> None:
+    leader = _pick_leader(cluster)
+    if leader is None:
+        return
+    others = [cluster.ip(i) for i in cluster.ids if i != leader]
+    cluster.net.partition([[cluster.ip(leader)], others])
+    log.append(f"isolate leader {leader}")
+    _hold(rng)
+    cluster.net.heal()
+
+
+def nemesis_partition_one_way(cluster: Any, rng: random.Random, log: list[str]) -> None:
+    leader = _pick_leader(cluster) or rng.choice(cluster.ids)
+    other = rng.choice([i for i in cluster.ids if i != leader])
+    deaf, heard = (leader, other) if rng.random() < 0.5 else (other, leader)
+    cluster.net.drop_from(cluster.ip(deaf), [cluster.ip(heard)])
+    log.append(f"{deaf} no longer hears {heard}")
+    _hold(rng)
+    cluster.net.heal()
+
+
+def nemesis_latency(cluster: Any, rng: random.Random, log: list[str]) -> None:
+    """200 ms each way and 20% loss (tc netem); where the kernel has no netem, the loss
+    alone (iptables), said so in the log."""
+    if netem_unavailable(cluster.net) is None:
+        cluster.net.delay(200, loss_percent=20)
+        log.append("200 ms latency, 20% loss")
+    else:
+        cluster.net.loss(0.2)
+        log.append("20% loss (no netem here: no added latency)")
+    time.sleep(rng.uniform(2.0, 4.0))
+    cluster.net.heal()
+
+
+NEMESES: dict[str, Callable[[Any, random.Random, list[str]], None] | None] = {
     "none": None, "kill": nemesis_kill, "kill-all": nemesis_kill_all,
     "stop-leader": nemesis_stop_leader,
+    "partition-halves": nemesis_partition_halves, "partition-leader": nemesis_partition_leader,
+    "partition-one-way": nemesis_partition_one_way, "latency": nemesis_latency,
 }
+NETNS_NEMESES = {"partition-halves", "partition-leader", "partition-one-way", "latency"}
 
 
 # ---- a run
 
 
 def run(workload: str, nemesis: str, seconds: float, clients: int = 5, seed: int = 0,
-        budget: float = 30.0) -> dict[str, Any]:
+        budget: float = 30.0, slot: int = 0) -> dict[str, Any]:
     kind = WORKLOADS[workload]
     setup, op, final, make = kind.setup, kind.op, kind.final, kind.client
     act = NEMESES[nemesis]
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory() as d:
-        cluster = LocalCluster(3, d, extra_args=["--heartbeat-ms", "50",
-                                                 "--election-ms", str(ELECTION_MS)])
+    timeouts = ["--heartbeat-ms", "50", "--election-ms", str(ELECTION_MS)]
+    with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
+        if nemesis in NETNS_NEMESES:
+            net = stack.enter_context(Network(3, slot))
+            cluster: LocalCluster = NetnsCluster(net, d, extra_args=timeouts)
+        else:
+            cluster = LocalCluster(3, d, extra_args=timeouts)
         cluster.start()
         urls = [cluster.url(i) for i in cluster.ids]
         history, log, problems = History(), [], []
@@ -403,7 +477,9 @@ def run(workload: str, nemesis: str, seconds: float, clients: int = 5, seed: int
                     act(cluster, rng, log)
             for t in threads:
                 t.join()
-            # Heal: every node up and running, then converge.
+            # Heal: the network whole, every node up and running, then converge.
+            if isinstance(cluster, NetnsCluster):
+                cluster.net.heal()
             for node_id in cluster.ids:
                 if node_id not in cluster.running():
                     cluster.start_node(node_id)
@@ -438,18 +514,26 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
+    parser.add_argument("--slot", type=int, default=0, help="the namespaces' slot (0-250): "
+                        "runs in different slots can go at the same time")
     args = parser.parse_args()
     pairs = ([(w, n) for w in sorted(WORKLOADS) for n in NEMESES] if args.all
              else [(args.workload, args.nemesis)])
+    why = namespaces_unavailable() if any(n in NETNS_NEMESES for _, n in pairs) else None
+    if why is not None:
+        print(f"skipping the nemeses that need network namespaces: {why}", file=sys.stderr)
+        if not args.all:
+            return 2
+        pairs = [(w, n) for w, n in pairs if n not in NETNS_NEMESES]
     failed = 0
     for workload, nemesis in pairs:
-        result = run(workload, nemesis, args.seconds, args.clients, args.seed)
+        result = run(workload, nemesis, args.seconds, args.clients, args.seed, slot=args.slot)
         failed += not result["ok"]
         if args.json:
             print(json.dumps(result), flush=True)
         else:
             verdict = "ok" if result["ok"] else "FAILED: " + "; ".join(result["problems"])
-            print(f"{workload:8} {nemesis:11} {args.seconds:g}s ops {result['ops']} "
+            print(f"{workload:8} {nemesis:17} {args.seconds:g}s ops {result['ops']} "
                   f"faults {result['faults']}: {verdict}", flush=True)
     return 1 if failed else 0
 

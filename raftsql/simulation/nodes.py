@@ -18,9 +18,9 @@ disks. Then the faults heal, every node is up, and these must hold:
 - the register's history is linearizable (WGL, raftsql/simulation/linearizability.py);
 - every node's database dumps to the same canonical text, and passes integrity_check.
 
-Everything is drawn from `random.Random(seed)`: with PYTHONHASHSEED=0 (tools/simulate_nodes.py
-sees to it) a rerun of a seed is the same run. Only what is measured in real time, like the
-driver's 2 ms budgets for work on the loop, could make one differ.
+Everything is drawn from `random.Random(seed)`, and every clock is virtual (the driver's 2 ms
+budgets for work on the loop included): with PYTHONHASHSEED=0 (tools/simulate_nodes.py sees
+to it) a rerun of a seed is the same run.
 """
 
 from __future__ import annotations
@@ -49,13 +49,15 @@ from raftsql.simulation.crashvfs import CrashVFS
 from raftsql.simulation.dump import canonical
 from raftsql.simulation.linearizability import CAS, READ, WRITE, Op, check
 from raftsql.simulation.vloop import HOST, LAN, Deadlock, Livelock, VirtualLoop
+from raftsql.sql import session
 from raftsql.storage.memfs import MemoryFileSystem
 
 KEYS = 3  # registers in use at once; a new set every KEY_SECONDS (Jepsen's independent keys)
-KEY_SECONDS = 2.0
+KEY_SECONDS = 1.0
 CLIENTS = 4
 FAULT_SECONDS = 20.0  # virtual seconds of workload under faults (by default)
 CONVERGE_SECONDS = 60.0  # after healing: the bound to converge in
+QUIET_SECONDS = 4.0  # converged: no new entry for this long (past the requests' 3 s timeout)
 OK, FAILED, UNKNOWN = "ok", "failed", "unknown"
 
 
@@ -220,7 +222,8 @@ class Sim:
             if outcome == OK:
                 self.acked.append(value)
             return
-        value = self.rng.randrange(100)
+        self._next_value += 1
+        value = self._next_value  # unique: a read says which write it saw
         if roll < 0.75:
             outcome, _ = await self.request(session, "/db/execute", [[
                 "INSERT INTO reg(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
@@ -228,7 +231,8 @@ class Sim:
             self.ops.append(dict(f=WRITE, key=key, value=value, invoke=start,
                                  complete=loop.time(), outcome=outcome, process=process))
             return
-        expected = self.rng.randrange(100)
+        written = [o["value"] for o in self.ops if o["key"] == key and o["f"] != READ]
+        expected = self.rng.choice(written[-3:]) if written else 0  # 0: never written
         outcome, results = await self.request(session, "/db/execute", [[
             "UPDATE reg SET v = ? WHERE k = ? AND v = ?", value, key, expected]])
         applied = None if outcome == UNKNOWN else bool(results and results[0].get("rows_affected"))
@@ -343,6 +347,7 @@ class Sim:
         if problems:
             return problems
         problems += await self._final_reads()
+        problems += await self._converge()  # the final reads' own entries, if any
         ops = [Op(o["key"], o["f"], o["value"], o["invoke"],
                   None if o["outcome"] == UNKNOWN else o["complete"], o.get("expected"),
                   o.get("applied", True), o["process"])
@@ -366,16 +371,21 @@ class Sim:
         return False
 
     async def _converge(self) -> list[str]:
+        """Every node has applied the leader's last index, and nothing new came for
+        QUIET_SECONDS (requests the nodes still held when the clients gave up land late)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONVERGE_SECONDS
+        since, at = loop.time(), -1
         while loop.time() < deadline:
             leader = self.leader()
-            if leader is not None and leader.server is not None:
-                last = leader.server.node.commit_index
-                if all(h.server is not None and h.server.node.applied_index >= last
-                       and h.server.node.commit_index == last for h in self.hosts):
-                    self.log(f"converged at index {last}")
-                    return []
+            last = leader.server.node.commit_index if leader and leader.server else -1
+            if last != at or not all(h.server is not None and h.server.node.applied_index >= last
+                                     and h.server.node.commit_index == last
+                                     for h in self.hosts):
+                since, at = loop.time(), last
+            elif loop.time() - since >= QUIET_SECONDS:
+                self.log(f"converged at index {last}")
+                return []
             await asyncio.sleep(0.1)
         state = {h.node_id: (h.server.node.term, h.server.node.commit_index,
                              h.server.node.applied_index, h.server.node.is_leader)
@@ -437,6 +447,9 @@ def run_seed(seed: int, seconds: float = FAULT_SECONDS) -> SeedResult:
     sim = Sim(seed, root, vfs, seconds)
     loop = VirtualLoop(random.Random(seed ^ 0x5EED), sim.io_delay, real_seconds=120.0)
     loop.set_exception_handler(lambda loop, context: None)  # dead hosts' leftovers
+    # The budgets for work on the loop (2 ms, sql/session.py) read virtual time, in which
+    # work takes none: every run of a seed decides them alike.
+    real_clock, session.perf_counter = session.perf_counter, loop.time
     try:
         problems = loop.run_until_complete(sim.run())
     except (Deadlock, Livelock) as e:
@@ -447,6 +460,7 @@ def run_seed(seed: int, seconds: float = FAULT_SECONDS) -> SeedResult:
         with contextlib.suppress(Exception):
             loop.close()
         shutil.rmtree(root, ignore_errors=True)
+        session.perf_counter = real_clock
         loop.graveyard.clear()
         gc.collect()
         vfs.close()
