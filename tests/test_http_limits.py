@@ -67,3 +67,32 @@ async def test_past_the_open_requests_a_503_with_retry_after(node):
         assert resp.status == 200
     assert await asyncio.gather(*watches) == [200, 200]
     assert (await post(session, node, "/db/execute", ["CREATE TABLE u (x)"]))[0] == 200
+
+
+async def test_a_client_that_stops_sending_its_body_gets_a_408_and_frees_its_place(
+        node, monkeypatch):
+    """With both open-request places held by clients trickling nothing, the node answers
+    them 408 once their bodies stop coming, and serves others again."""
+    from raftsql.http import respond
+    monkeypatch.setattr(respond, "BODY_IDLE_SECONDS", 0.5)
+    server, session = node
+    host, port = server.node.api_url.removeprefix("http://").rsplit(":", 1)
+
+    async def stall(path: str) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100\r\n\r\n[\"CREATE".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        answer = head + await reader.readexactly(length)
+        writer.close()
+        return answer
+    stalled = [asyncio.ensure_future(stall(path)) for path in ("/db/execute", "/db/load")]
+    await asyncio.sleep(0.2)
+    status, _, _ = await post(session, server.node, "/db/execute", ["CREATE TABLE t (x)"])
+    assert status == 503  # both places are held
+    for answer in await asyncio.gather(*stalled):
+        assert answer.startswith(b"HTTP/1.1 408") and b"no part of the request body" in answer
+    status, _, _ = await post(session, server.node, "/db/execute", ["CREATE TABLE t (x)"])
+    assert status == 200

@@ -25,6 +25,8 @@ Nemeses (every few seconds, on a 3-node cluster with fast timeouts):
   kill        SIGKILL of one node (a minority), restarted with the same command line
   kill-all    SIGKILL of every node at once, all restarted
   stop-leader SIGSTOP of the leader for 1.5 election timeouts or more, then SIGCONT
+  membership  a member (now and then the leader) removed with DELETE /remove, killed, and
+              started again with --join: it joins again and catches up
 With each node in a network namespace of its own (tools/netns.py; root, iproute2, iptables):
   partition-halves   the nodes split in two random sides that cannot hear each other
   partition-leader   the leader cut off from every other node
@@ -66,7 +68,7 @@ from netns import (  # noqa: E402 (tools/netns.py)
     netem_unavailable,
 )
 
-from raftsql.cli.launcher import LocalCluster  # noqa: E402
+from raftsql.cli.launcher import LocalCluster, http  # noqa: E402
 from raftsql.client.config import ConfigStore  # noqa: E402
 from raftsql.client.http import ClientError, Cluster, Unavailable  # noqa: E402
 from raftsql.simulation.dump import canonical  # noqa: E402
@@ -378,6 +380,28 @@ def nemesis_stop_leader(cluster: LocalCluster, rng: random.Random, log: list[str
     cluster.signal(leader, signal.SIGCONT)
 
 
+def nemesis_membership(cluster: LocalCluster, rng: random.Random, log: list[str]) -> None:
+    """A member (the leader, now and then) removed from the cluster under load, then
+    started again with --join: it joins again, and catches up."""
+    leader = _pick_leader(cluster)
+    if leader is None:
+        return
+    victim = rng.choice(cluster.ids)
+    try:
+        code, _ = http("DELETE", cluster.url(leader) + "/remove", {"id": victim}, timeout=5)
+    except OSError as e:
+        log.append(f"remove {victim} via {leader}: {e}")
+        return
+    log.append(f"remove {victim} via {leader}: {code}")
+    if code != 200:
+        return
+    time.sleep(rng.uniform(0.3, 1.0))
+    cluster.kill(victim)
+    others = ",".join(cluster.raft_addr(i) for i in cluster.ids if i != victim)
+    cluster.start_node(victim, "--join", others)
+    log.append(f"rejoin {victim}")
+
+
 # ---- nemeses in network namespaces (tools/netns.py): cluster is a NetnsCluster
 
 
@@ -432,7 +456,7 @@ def nemesis_latency(cluster: Any, rng: random.Random, log: list[str]) -> None:
 
 NEMESES: dict[str, Callable[[Any, random.Random, list[str]], None] | None] = {
     "none": None, "kill": nemesis_kill, "kill-all": nemesis_kill_all,
-    "stop-leader": nemesis_stop_leader,
+    "stop-leader": nemesis_stop_leader, "membership": nemesis_membership,
     "partition-halves": nemesis_partition_halves, "partition-leader": nemesis_partition_leader,
     "partition-one-way": nemesis_partition_one_way, "latency": nemesis_latency,
 }

@@ -10,9 +10,10 @@ plain-text body (Go's `http.Error`: the message and a newline), or no body at al
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -68,14 +69,32 @@ def request_error(message: str, status: int, *, pretty: bool = False) -> web.Res
     return json_response(response_body(error=message, pretty=pretty), status=status)
 
 
+T = TypeVar("T")
+# A client that sends nothing of its body for this long is answered 408 (and its request
+# slot freed): a slow client cannot hold a node's open requests for ever (nginx's
+# client_body_timeout).
+BODY_IDLE_SECONDS = 30.0
+
+
+async def within_idle(read: Awaitable[T]) -> T:
+    """One read of a request body, or 408 when the client sent nothing for too long."""
+    try:
+        async with asyncio.timeout(BODY_IDLE_SECONDS):
+            return await read
+    except TimeoutError:
+        raise RequestError(408, f"no part of the request body came in {BODY_IDLE_SECONDS:g} "
+                           "s") from None
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, or 413 once it passes `limit` bytes (checked before reading)."""
+    """The whole body, or 413 once it passes `limit` bytes (checked before reading); 408 when
+    the client stops sending it."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestError(413, "request body too large")
     content = request.content
     chunks, size = [], 0
     while True:
-        chunk = await content.read(1 << 16)
+        chunk = await within_idle(content.read(1 << 16))
         if not chunk:
             break
         size += len(chunk)

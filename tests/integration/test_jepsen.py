@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "jepsen.py")
 WORKLOADS = ["register", "bank", "set", "kv"]
-NEMESES = ["none", "kill", "kill-all", "stop-leader"]
+NEMESES = ["none", "kill", "kill-all", "stop-leader", "membership"]
 
 
 def _run(pair: tuple[str, str]) -> tuple[dict[str, Any] | None, int, str]:

@@ -35,6 +35,7 @@ from raftsql.http.respond import (
     request_error,
     text_error,
     unavailable,
+    within_idle,
 )
 from raftsql.http.rqlite.encode import Kind, response_body, result_element
 from raftsql.http.state import ApiState, state_of
@@ -260,7 +261,7 @@ async def _peek(request: web.Request, n: int) -> bytes:
     if not request.can_read_body:
         return b""
     try:
-        return await request.content.readexactly(n)
+        return await within_idle(request.content.readexactly(n))
     except asyncio.IncompleteReadError as e:
         return e.partial
 
@@ -315,7 +316,7 @@ async def _staged(req: _Request, head: bytes) -> AsyncIterator[str]:
             with open(path, "wb") as f:
                 f.write(head)
                 written = 0
-                async for block in req.http.content.iter_chunked(1 << 20):
+                while block := await within_idle(req.http.content.read(1 << 20)):
                     f.write(block)  # into the page cache: quick enough for the loop
                     written += len(block)
                     if written % (64 << 20) < len(block) and (
