@@ -23,6 +23,7 @@ import http.client
 import os
 import select
 import socket
+import ssl
 import time
 import urllib.parse
 import uuid
@@ -177,6 +178,18 @@ class _Attempt:
         return not self.write or self.key is not None
 
 
+def tls_context() -> ssl.SSLContext:
+    """What https connections check and present: the system's CAs ($SSL_CERT_FILE, or
+    $RAFTSQL_CA_FILE for a cluster's own CA) and, for nodes that require one
+    (`--tls-client-ca`), the client certificate in $RAFTSQL_CLIENT_CERT with its key in
+    $RAFTSQL_CLIENT_KEY (or in the same file)."""
+    context = ssl.create_default_context(cafile=os.environ.get("RAFTSQL_CA_FILE") or None)
+    cert = os.environ.get("RAFTSQL_CLIENT_CERT")
+    if cert:
+        context.load_cert_chain(cert, os.environ.get("RAFTSQL_CLIENT_KEY") or None)
+    return context
+
+
 class _NotDelivered(Exception):
     pass
 
@@ -199,6 +212,7 @@ class Cluster:
         self.idempotent_writes = idempotent_writes
         self._connections: dict[str, http.client.HTTPConnection] = {}
         self._discovered = False
+        self._tls: ssl.SSLContext | None = None  # made on the first https connection
 
     # ---- the data routes (rqlite's shapes)
 
@@ -356,9 +370,13 @@ class Cluster:
             conn = None
         if conn is None:
             parts = urllib.parse.urlsplit(url)
-            cls = (http.client.HTTPSConnection if parts.scheme == "https"
-                   else http.client.HTTPConnection)
-            conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+            if parts.scheme == "https":
+                self._tls = self._tls or tls_context()
+                conn = http.client.HTTPSConnection(parts.hostname or "", parts.port,
+                                                   timeout=timeout, context=self._tls)
+            else:
+                conn = http.client.HTTPConnection(parts.hostname or "", parts.port,
+                                                  timeout=timeout)
             try:
                 conn.connect()
             except (ConnectionRefusedError, socket.gaierror, OSError) as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from raftsql.cli.launcher import free_ports
+from raftsql.client.http import Cluster, Unavailable
 from tests.integration.conftest import eventually
 from tests.integration.tls_certs import make_ca, make_cert
 
@@ -149,7 +150,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(tls_cluster, tmp_path
     assert https(f"{c.url(node)}/status", c.ctx)[0] == 200
 
 
-def test_client_certificates_are_required_with_a_client_ca(tmp_path):
+def test_client_certificates_are_required_with_a_client_ca(tmp_path, monkeypatch):
     c = TlsCluster(tmp_path)
     c.extra = {n: ["--tls-client-ca", c.ca[0]] for n in c.http}
     c.start()
@@ -163,6 +164,19 @@ def test_client_certificates_are_required_with_a_client_ca(tmp_path):
         anonymous = ssl.create_default_context(cafile=c.ca[0])
         with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
             https(f"{c.url(leader)}/status", anonymous)
+        # raftsql's own clients: the certificate from the environment, else refused.
+        monkeypatch.setenv("RAFTSQL_CA_FILE", c.ca[0])
+        with Cluster(c.url(follower), timeout=3) as anonymous_client, pytest.raises(Unavailable):
+            anonymous_client.execute(["INSERT INTO t VALUES (0)"])
+        cert, key = make_cert(tmp_path, "app", c.ca, cn="app")
+        monkeypatch.setenv("RAFTSQL_CLIENT_CERT", cert)
+        monkeypatch.setenv("RAFTSQL_CLIENT_KEY", key)
+        with Cluster(c.url(follower)) as client:
+            assert client.execute(["INSERT INTO t VALUES (1)"]).status == 200
+        shell = subprocess.run([sys.executable, "-m", "raftsql", "shell", c.url(leader)],
+                               input="SELECT count(*) FROM t;\n", capture_output=True,
+                               text=True, timeout=60)
+        assert shell.returncode == 0 and "1" in shell.stdout, shell.stderr
     finally:
         c.stop()
 
