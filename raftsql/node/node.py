@@ -6,17 +6,16 @@ machine in log order, and completes waiting requests. All calls into the core ha
 loop task between `advance()` and the next `ready()`; everything else (requests, peers,
 timers) only queues work and wakes it.
 
-Where the work runs (docs/performance.md has the measurements behind it): a thread hop
-costs 100-300 us on a small machine, more than most of the work it would move, so only what
-can take long leaves the loop. The leader fsyncs on its persist thread (its loop parses the
-next requests meanwhile); other nodes fsync on the loop, since they can do nothing else
-before it. Committed entries, and queries, run on the loop when the state machine finishes
-them within a 2 ms budget, else on the apply thread and on read threads.
+Where the work runs (measured in docs/performance.md): a thread hop costs 100-300 us on a
+small machine, more than most of the work it would move, so only what can take long leaves
+the loop. The leader fsyncs on its persist thread (its loop parses the next requests
+meanwhile); other nodes fsync on the loop, having nothing else to do first. Committed
+entries and queries run on the loop when done within a 2 ms budget, else on threads.
 
 The node wires its collaborators, each given only what it uses: the address book
-(addresses.py), membership changes and joining (membership.py), the apply pipeline and
-snapshots (applier.py), the read path (reads.py), proposals (proposals.py), data kept
-beside the log (payloads.py), the persist thread (persist.py), deadlines and the applied index (waiting.py) and the clock (clock.py).
+(addresses.py), membership and joining (membership.py), applying and snapshots (applier.py),
+reads (reads.py), proposals (proposals.py), data beside the log (payloads.py), the persist
+thread (persist.py), deadlines and the applied index (waiting.py), the clock (clock.py).
 It knows nothing of what its state machine stores.
 """
 
@@ -83,8 +82,8 @@ class Node:
     """A raftsql node: the Raft core, its durable log, a transport and a state machine.
 
     Without a `transport`, the node makes the WebSocket one and serves it on its Raft
-    address itself; `raftsql.server` passes its own, to serve it beside the HTTP API.
-    """
+    address itself; `raftsql.server` passes its own, to serve it beside the HTTP API. The
+    simulator gives its `clock`, `rng` (election timeouts) and `log_fs` (the Raft log's)."""
 
     def __init__(self, config: NodeConfig, state_machine: StateMachine,
                  transport: PeerTransport | None = None, clock: Clock | None = None,
@@ -99,10 +98,8 @@ class Node:
 
             transport = Transport(self.node_id, secret=config.cluster_secret,
                                   api_url=self.api_url)
-        self._transport = transport
-        self._clock = clock or RealClock()
-        self._rng = rng or random.Random()  # election timeouts (seeded by the simulator)
-        self._log_fs = log_fs  # where the Raft log lives (None: real files)
+        self._transport, self._clock = transport, clock or RealClock()
+        self._rng, self._log_fs = rng or random.Random(), log_fs
         self._raft: Raft | None = None
         self._storage: Storage | None = None
         self._order: ReadyOrder | None = None  # what of a Ready to do when (raft/order.py)

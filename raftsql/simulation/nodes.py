@@ -88,12 +88,15 @@ class Host:
 @dataclass
 class SeedResult:
     seed: int
-    ok: bool
     problems: list[str]
     ops: dict[str, int]
     faults: dict[str, int]
     trace: list[str]
     seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 class Sim:
@@ -114,6 +117,7 @@ class Sim:
         self.trace: list[str] = []
         self.disk_slow = False
         self._next_value = 0
+        self._pending: list[asyncio.Task[None]] = []  # faults' repairs, awaited at the end
 
     def log(self, event: str) -> None:
         self.trace.append(f"{asyncio.get_running_loop().time():9.3f} {event}")
@@ -262,20 +266,7 @@ class Sim:
                     self.power_cut(h)
                 self._later(self.rng.uniform(0.2, 3.0), self._start_all())
             elif roll < 0.45:
-                ips = [h.ip for h in self.hosts]
-                self.rng.shuffle(ips)
-                kind = self.rng.choice(("halves", "isolate leader", "one way"))
-                if kind == "isolate leader" and (leader := self.leader()) is not None:
-                    side = [leader.ip]
-                elif kind == "one way":
-                    a, b = ips[:2]
-                    links = {(a, b)}
-                else:
-                    side = ips[:self.rng.randint(1, len(ips) // 2)]
-                if kind != "one way":
-                    other = [ip for ip in ips if ip not in side]
-                    links = {(a, b) for a in side for b in other} | {(b, a) for a in side
-                                                                    for b in other}
+                kind, links = self._partition()
                 self._fault(f"partition ({kind})")
                 net.cut |= links
                 self.log(f"cut {sorted(links)}")
@@ -295,6 +286,21 @@ class Sim:
                 self._fault("slow disk")
                 self.disk_slow = True
                 self._later(self.rng.uniform(1.0, 4.0), self._calm())
+
+    def _partition(self) -> tuple[str, set[tuple[str, str]]]:
+        """What to cut: random halves, the leader alone, or one direction of one link."""
+        ips = [h.ip for h in self.hosts]
+        self.rng.shuffle(ips)
+        kind = self.rng.choice(("halves", "isolate leader", "one way"))
+        if kind == "one way":
+            return kind, {(ips[0], ips[1])}
+        leader = self.leader() if kind == "isolate leader" else None
+        if leader is not None:
+            side = [leader.ip]
+        else:
+            kind, side = "halves", ips[:self.rng.randint(1, len(ips) // 2)]
+        other = [ip for ip in ips if ip not in side]
+        return kind, {link for a in side for b in other for link in ((a, b), (b, a))}
 
     def _fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -327,7 +333,6 @@ class Sim:
     # ---- a run
 
     async def run(self) -> list[str]:
-        self._pending: list[asyncio.Task[None]] = []
         for h in self.hosts:
             await self.start(h)
         async with aiohttp.ClientSession() as session:
@@ -469,5 +474,5 @@ def run_seed(seed: int, seconds: float = FAULT_SECONDS) -> SeedResult:
     for o in sim.ops:
         counts[o["outcome"]] = counts.get(o["outcome"], 0) + 1
     counts["acked inserts"] = len(sim.acked)
-    return SeedResult(seed, not problems, problems, counts, sim.faults, sim.trace[-200:],
+    return SeedResult(seed, problems, counts, sim.faults, sim.trace[-200:],
                       time.perf_counter() - started)
